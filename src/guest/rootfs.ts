@@ -1,0 +1,144 @@
+/**
+ * The guest's root filesystem tree, all busybox: init with an inittab, a start script that mounts
+ * the kernel filesystems (securityfs too, so the IMA log is readable), starts a handful of
+ * long-running services and prints the ready marker, a root shell on ttyS0, and a clean
+ * shutdown path for ACPI power-off (button + evdev modules -> acpid -> poweroff -> init).
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { Busybox } from './busybox.ts';
+import { GUEST_HOSTNAME, GUEST_PROMPT, GUEST_READY_MARKER } from './contract.ts';
+import { writeTree, type TreeEntry } from './file-tree.ts';
+
+export interface GuestService {
+  /** The process name `ps` shows. */
+  name: string;
+  /** Shell command in the start script; each daemon detaches itself. */
+  start: string;
+}
+
+/** Long-running services, so the guest's process list (and what introspection sees) is not trivial. */
+export const GUEST_SERVICES: readonly GuestService[] = [
+  { name: 'syslogd', start: 'syslogd -O /var/log/messages' },
+  { name: 'klogd', start: 'klogd' },
+  { name: 'crond', start: 'crond -c /var/spool/cron/crontabs' },
+  { name: 'httpd', start: 'httpd -h /srv/www -p 80' },
+  { name: 'acpid', start: 'acpid' },
+  { name: 'vmseal-sensord', start: 'start-stop-daemon -S -b -x /usr/sbin/vmseal-sensord' },
+];
+
+const PATH_LINE = 'export PATH=/sbin:/bin:/usr/sbin:/usr/bin';
+
+const INITTAB = `# busybox init: start the system, keep a root shell on the serial console, stop cleanly.
+::sysinit:/etc/init.d/rcS
+ttyS0::respawn:-/bin/sh
+::shutdown:/etc/init.d/rcK
+`;
+
+function startScript(): string {
+  const starts = GUEST_SERVICES.map((s) => `${s.start} || echo "${GUEST_HOSTNAME}: ${s.name} failed to start"`).join('\n');
+  return `#!/bin/sh
+# Run once by init: mount the kernel filesystems, start the services, announce readiness.
+${PATH_LINE}
+
+mounted() { grep -q "^[^ ]* $1 " /proc/mounts; }
+
+mount -t proc proc /proc
+mounted /sys || mount -t sysfs sysfs /sys
+mount -t securityfs securityfs /sys/kernel/security
+# The initramfs moves its devtmpfs here; mount one only when booted without it.
+mounted /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+hostname -F /etc/hostname
+ip link set lo up
+
+${starts}
+
+{
+	echo "boot $(date -u +%Y-%m-%dT%H:%M:%SZ) kernel $(uname -r)"
+	echo "cmdline: $(cat /proc/cmdline)"
+	echo "services: ${GUEST_SERVICES.map((s) => s.name).join(' ')}"
+} >> /var/log/boot.log
+
+echo "${GUEST_READY_MARKER}"
+`;
+}
+
+/** Run by init on power-off or reboot, before it kills what is left and stops the machine. */
+const STOP_SCRIPT = `#!/bin/sh
+# Stop every process (they hold log files open for writing), then make the root filesystem
+# read-only so the disk is clean when the VM stops.
+${PATH_LINE}
+
+echo "${GUEST_HOSTNAME}: stopping"
+kill -TERM -1
+sleep 1
+kill -KILL -1
+sync
+if mount -o remount,ro /; then
+	echo "${GUEST_HOSTNAME}: root filesystem is read-only"
+else
+	echo "${GUEST_HOSTNAME}: cannot remount / read-only"
+fi
+`;
+
+const SENSOR_DAEMON = `#!/bin/sh
+# vmseal-sensord: a demo "sensor" daemon. Every 5 s it samples the load average and free memory
+# into /run/vmseal-sensor and, once a minute, logs the reading to syslog.
+n=0
+while :; do
+	read -r load1 load5 load15 tasks last </proc/loadavg
+	while read -r key value unit; do
+		[ "$key" = MemAvailable: ] && mem=$value && break
+	done </proc/meminfo
+	echo "load=$load1 tasks=$tasks mem_available_kb=$mem" >/run/vmseal-sensor
+	[ $((n % 12)) -eq 0 ] && logger -t vmseal-sensord "load=$load1 tasks=$tasks mem_available_kb=$mem"
+	n=$((n + 1))
+	sleep 5
+done
+`;
+
+/** busybox acpid maps the power button (KEY_POWER) to /etc/acpi/PWRF/00000080. */
+const POWER_BUTTON = `#!/bin/sh
+# ACPI power button (QMP system_powerdown): power off through init's shutdown actions.
+exec poweroff
+`;
+
+function rootfsEntries(busybox: Busybox, busyboxBytes: Uint8Array): TreeEntry[] {
+  const dir = (path: string, mode = 0o755): TreeEntry => ({ kind: 'dir', path, mode });
+  const file = (path: string, content: string, mode = 0o644): TreeEntry => ({ kind: 'file', path, mode, content });
+  return [
+    ...['dev', 'proc', 'sys', 'run', 'mnt', 'home', 'var/log'].map((p) => dir(p)),
+    dir('tmp', 0o1777),
+    dir('root', 0o700),
+    { kind: 'file', path: 'bin/busybox', mode: 0o755, content: busyboxBytes },
+    ...busybox.applets.map((path): TreeEntry => ({ kind: 'symlink', path, target: '/bin/busybox' })),
+    file('etc/inittab', INITTAB),
+    file('etc/init.d/rcS', startScript(), 0o755),
+    file('etc/init.d/rcK', STOP_SCRIPT, 0o755),
+    file('etc/hostname', `${GUEST_HOSTNAME}\n`),
+    file('etc/hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${GUEST_HOSTNAME}\n`),
+    file('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n'),
+    file('etc/group', 'root:x:0:\nnogroup:x:65534:\n'),
+    file('etc/shadow', 'root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n', 0o600),
+    file('etc/profile', `${PATH_LINE}\nexport HOME=/root\nexport PS1='${GUEST_PROMPT}'\n`),
+    file('etc/acpi/PWRF/00000080', POWER_BUTTON, 0o755),
+    file('var/spool/cron/crontabs/root', '# heartbeat, so crond has work and the log grows\n* * * * * date -u >> /var/log/cron-heartbeat.log\n', 0o600),
+    file('srv/www/index.html', '<!doctype html>\n<title>vmseal demo guest</title>\n<p>Served by busybox httpd inside the vmseal demo guest.</p>\n'),
+    file('usr/sbin/vmseal-sensord', SENSOR_DAEMON, 0o755),
+  ];
+}
+
+/** Writes the root filesystem into the empty directory `dir`. */
+export async function buildRootfs(dir: string, busybox: Busybox): Promise<void> {
+  await writeTree(dir, rootfsEntries(busybox, await readFile(busybox.path)));
+}
+
+/** Identifies what buildRootfs would produce, so a cached disk is rebuilt when the recipe changes. */
+export function rootfsRecipe(busybox: Busybox): string {
+  const entries = rootfsEntries(busybox, Buffer.from(`busybox-static ${busybox.version}`));
+  return createHash('sha256').update(JSON.stringify(entries, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))).digest('hex');
+}
