@@ -1,0 +1,156 @@
+/**
+ * The provider CA: an Ed25519 root that certifies each host's X25519 HPKE key (the role of the
+ * host-key certificate in Secure Execution). Certificate profile, checked by src/client/host-cert.ts:
+ *
+ *   root  self-signed, Ed25519, basicConstraints CA (critical, pathLen 0), keyUsage keyCertSign|cRLSign
+ *         (critical), subjectKeyIdentifier; 10 years by default.
+ *   host  subject CN = hostId, subject key X25519 (SPKI OID 1.3.101.110, 32 bytes), signed Ed25519 by the
+ *         root, basicConstraints CA false (critical), keyUsage keyAgreement only (critical),
+ *         extendedKeyUsage VMSEAL_HOST_HPKE_KEY_OID, authority/subject key identifiers, random serial.
+ */
+import 'reflect-metadata'; // @peculiar/x509 resolves its internals through tsyringe, which needs it first.
+import * as x509 from '@peculiar/x509';
+import { createPrivateKey, createPublicKey, randomBytes, webcrypto, type KeyObject } from 'node:crypto';
+
+x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+
+/**
+ * Extended key usage marking a certificate's key as a vmseal host HPKE key. It lives under the 2.25
+ * arc (ITU-T X.667: an OID made of a random UUID, 4104b93d-a647-410b-8550-33eaaadd5787), which needs
+ * no registered enterprise number and cannot collide with anyone else's OID.
+ */
+export const VMSEAL_HOST_HPKE_KEY_OID = '2.25.86424346043608912508292330856833177479';
+
+/** Host ids are short, DN-safe names: a letter or digit, then letters, digits, '.', '_' or '-'. */
+export const HOST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export const CA_DEFAULT_VALIDITY_DAYS = 3650;
+export const HOST_MAX_VALIDITY_DAYS = 825;
+
+const DAY_MS = 86_400_000;
+// Certificates start a little in the past so a verifier whose clock lags slightly accepts them.
+const BACKDATE_MS = 5 * 60_000;
+
+export interface CaMaterial {
+  certPem: string;
+  privateKeyPem: string;
+}
+
+export interface HostCertificateRequest {
+  hostId: string;
+  /** The host's raw 32-byte X25519 HPKE public key. */
+  hpkePublicKey: Uint8Array;
+  validityDays: number;
+  /** Issue time; the current time when omitted. */
+  now?: Date;
+}
+
+/** A request the CA refuses, or CA material that is unusable. */
+export class CaError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CaError';
+  }
+}
+
+function checkDays(days: number, max: number, what: string): void {
+  if (!Number.isInteger(days) || days < 1 || days > max) throw new CaError(`${what} must be a whole number of days in 1..${max}`);
+}
+
+/** A positive 16-byte random serial (RFC 5280: at most 20 bytes); bit 6 set keeps the DER minimal. */
+function randomSerial(): string {
+  const serial = randomBytes(16);
+  serial[0] = (serial[0]! & 0x7f) | 0x40;
+  return serial.toString('hex');
+}
+
+export async function createCa(opts: { commonName: string; validityDays?: number; now?: Date }): Promise<CaMaterial> {
+  const commonName = opts.commonName;
+  if (typeof commonName !== 'string' || commonName.length < 1 || commonName.length > 64 || /[\p{Cc}]/u.test(commonName)) {
+    throw new CaError('CA common name must be 1..64 characters without control characters');
+  }
+  const days = opts.validityDays ?? CA_DEFAULT_VALIDITY_DAYS;
+  checkDays(days, 36_500, 'CA validity');
+  const now = opts.now ?? new Date();
+  const keys = (await webcrypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: [{ CN: [commonName] }],
+    keys,
+    signingAlgorithm: { name: 'Ed25519' },
+    notBefore: new Date(now.getTime() - BACKDATE_MS),
+    notAfter: new Date(now.getTime() + days * DAY_MS),
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
+  return { certPem: cert.toString('pem'), privateKeyPem: createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' }).export({ format: 'pem', type: 'pkcs8' }).toString() };
+}
+
+function rawPublicKey(key: KeyObject): Buffer {
+  return Buffer.from(key.export({ format: 'jwk' }).x ?? '', 'base64url');
+}
+
+/** Parses the CA material and checks that it is a CA whose private key belongs to its certificate. */
+async function loadCa(ca: CaMaterial): Promise<{ cert: x509.X509Certificate; signingKey: CryptoKey }> {
+  let cert: x509.X509Certificate;
+  let privateKey: KeyObject;
+  try {
+    cert = new x509.X509Certificate(ca.certPem);
+    privateKey = createPrivateKey(ca.privateKeyPem);
+  } catch (err) {
+    throw new CaError(`unreadable CA material: ${(err as Error).message}`);
+  }
+  if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw new CaError('CA certificate lacks the basicConstraints CA flag');
+  if (privateKey.asymmetricKeyType !== 'ed25519') throw new CaError('CA private key is not Ed25519');
+  const certKey = createPublicKey({ key: Buffer.from(cert.publicKey.rawData), format: 'der', type: 'spki' });
+  if (certKey.asymmetricKeyType !== 'ed25519' || !rawPublicKey(certKey).equals(rawPublicKey(createPublicKey(privateKey)))) {
+    throw new CaError('CA private key does not match the CA certificate');
+  }
+  const pkcs8 = privateKey.export({ format: 'der', type: 'pkcs8' });
+  const signingKey = await webcrypto.subtle.importKey('pkcs8', pkcs8, { name: 'Ed25519' }, false, ['sign']);
+  return { cert, signingKey };
+}
+
+export async function issueHostCertificate(ca: CaMaterial, req: HostCertificateRequest): Promise<string> {
+  if (typeof req.hostId !== 'string' || !HOST_ID_PATTERN.test(req.hostId)) {
+    throw new CaError(`host id must match ${HOST_ID_PATTERN}`);
+  }
+  if (!(req.hpkePublicKey instanceof Uint8Array) || req.hpkePublicKey.length !== 32) {
+    throw new CaError('host HPKE public key must be 32 raw X25519 bytes');
+  }
+  checkDays(req.validityDays, HOST_MAX_VALIDITY_DAYS, 'host certificate validity');
+  const { cert: caCert, signingKey } = await loadCa(ca);
+  const now = req.now ?? new Date();
+  const notAfter = new Date(now.getTime() + req.validityDays * DAY_MS);
+  if (notAfter > caCert.notAfter) throw new CaError('host certificate would outlive the CA certificate');
+  if (now < caCert.notBefore) throw new CaError('CA certificate is not yet valid');
+
+  let hostKey: CryptoKey;
+  try {
+    hostKey = await webcrypto.subtle.importKey('raw', req.hpkePublicKey, { name: 'X25519' }, true, []);
+  } catch (err) {
+    throw new CaError(`host HPKE public key is not an X25519 key: ${(err as Error).message}`);
+  }
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: [{ CN: [req.hostId] }],
+    issuer: caCert.subjectName,
+    publicKey: hostKey,
+    signingKey,
+    signingAlgorithm: { name: 'Ed25519' },
+    notBefore: new Date(now.getTime() - BACKDATE_MS),
+    notAfter,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyAgreement, true),
+      new x509.ExtendedKeyUsageExtension([VMSEAL_HOST_HPKE_KEY_OID], false),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert),
+      await x509.SubjectKeyIdentifierExtension.create(hostKey),
+    ],
+  });
+  return cert.toString('pem');
+}
