@@ -1,0 +1,24 @@
+import type { Command } from 'commander';
+
+/**
+ * The parties whose protocols are still being built. Each has its command group already, so the CLI's
+ * shape is stable; running one says plainly which capability is missing instead of pretending.
+ */
+const PENDING: Array<{ name: string; summary: string; arrives: string }> = [
+  { name: 'mgmt', summary: 'the untrusted management plane: image storage, relays sealed blobs', arrives: 'sealed launch and sealed commands (issue #3)' },
+  { name: 'tenant', summary: 'the tenant client: seal images and bundles, verify VM identity, send sealed commands', arrives: 'sealed disks and VM identity (issue #3)' },
+  { name: 'ids', summary: 'the offloaded intrusion detector and its kernel profiles', arrives: 'secure offloaded monitoring (issue #4)' },
+  { name: 'authority', summary: 'the third party: host CA, IDS approval, heartbeats, attestation', arrives: 'host keys and the CA (issue #3)' },
+];
+
+export function registerPartyPlaceholders(program: Command): void {
+  for (const p of PENDING) {
+    program
+      .command(p.name)
+      .description(`${p.summary} [not yet available]`)
+      .action(() => {
+        process.stderr.write(`vmseal ${p.name}: not available yet; it arrives with ${p.arrives}.\n`);
+        process.exitCode = 2;
+      });
+  }
+}

@@ -1,0 +1,31 @@
+import { Command } from 'commander';
+import { registerDiskCommands } from './commands/disk.ts';
+import { registerGuestCommands } from './commands/guest.ts';
+import { registerHostCommands } from './commands/host.ts';
+import { registerPartyPlaceholders } from './commands/parties.ts';
+import { registerDemoCommand } from './commands/demo.ts';
+
+const program = new Command()
+  .name('vmseal')
+  .description(
+    'A trusted host layer for IaaS clouds: tenants boot, manage and watch their VMs\n' +
+      'without having to trust the cloud administrators. See README.md and docs/.',
+  )
+  .version('0.1.0')
+  .showHelpAfterError('(run with --help for usage)');
+
+registerHostCommands(program);
+registerPartyPlaceholders(program);
+registerDiskCommands(program);
+registerGuestCommands(program);
+registerDemoCommand(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  // Errors reaching here are user-facing: one clear line, no stack unless asked for.
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`vmseal: ${message}\n`);
+  if (process.env.VMSEAL_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  process.exitCode = 1;
+}
