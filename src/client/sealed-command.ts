@@ -1,0 +1,28 @@
+/** The tenant's side of sealed commands: seal {vmId, counter, op} and open the sealed result. */
+import { AeadError, open, seal } from '../crypto/aead.ts';
+import { deriveVmKey } from '../crypto/keys.ts';
+import { COMMAND_AAD, decodeCommandResult, encodeCommand, RESULT_AAD, type CommandResultBody, type VmOp } from '../formats/protocol/command.ts';
+
+export function sealCommand(volumeKey: Buffer, vmId: string, counter: number, op: VmOp): Buffer {
+  return seal(deriveVmKey(volumeKey, 'command'), encodeCommand({ vmId, counter, op, args: {} }), COMMAND_AAD);
+}
+
+export class CommandResultError extends Error {
+  override name = 'CommandResultError';
+}
+
+/** Opens a sealed result and checks it answers exactly this command (so an old result cannot stand in). */
+export function openCommandResult(volumeKey: Buffer, sealed: Uint8Array, expected: { vmId: string; counter: number; op: VmOp }): CommandResultBody {
+  let plaintext: Buffer;
+  try {
+    plaintext = open(deriveVmKey(volumeKey, 'command'), sealed, RESULT_AAD);
+  } catch (err) {
+    if (err instanceof AeadError) throw new CommandResultError(`result is not sealed by this VM's monitor (${err.code})`);
+    throw err;
+  }
+  const r = decodeCommandResult(plaintext);
+  if (r.vmId !== expected.vmId || r.counter !== expected.counter || r.op !== expected.op) {
+    throw new CommandResultError(`result answers ${r.op} #${r.counter} of VM ${r.vmId}, not ${expected.op} #${expected.counter} of VM ${expected.vmId}`);
+  }
+  return r;
+}
