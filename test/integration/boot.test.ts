@@ -15,7 +15,7 @@ import { readGuestFile } from '../../src/guest/disk-inspect.ts';
 import { GUEST_SERVICES } from '../../src/guest/rootfs.ts';
 import { startTicker, TICK_PATTERN } from '../../src/guest/ticker.ts';
 import { copyGuestDisk } from '../../src/guest/workdisk.ts';
-import { PlainLaunch } from '../../src/monitor/launch/plain-launch.ts';
+import { PlainLaunch } from '../../src/monitor/launch/disk-launch.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

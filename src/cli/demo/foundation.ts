@@ -13,7 +13,7 @@ import { checkFilesystem } from '../../guest/disk-image.ts';
 import { readGuestFile } from '../../guest/disk-inspect.ts';
 import { startTicker, TICK_PATTERN } from '../../guest/ticker.ts';
 import { copyGuestDisk } from '../../guest/workdisk.ts';
-import { PlainLaunch } from '../../monitor/launch/plain-launch.ts';
+import { PlainLaunch } from '../../monitor/launch/disk-launch.ts';
 
 export interface FoundationDemoOptions {
   accel: 'tcg' | 'kvm' | 'auto';

@@ -1,7 +1,7 @@
 /**
- * Boots a VM from a raw disk file through the monitor's own NBD server: the base that the sealed
- * launch builds on (which swaps the plain file backend for the encrypted, integrity-checked one).
- * QEMU never opens the disk file itself; it only sees the export on a socket in a private dir.
+ * Boots a VM from a disk served by the monitor's own NBD server. QEMU never opens the disk file; it
+ * only sees the export on a socket in a private dir. `DiskLaunch.start` takes any BlockBackend (the
+ * sealed launch hands it the encrypted, integrity-checked one); `PlainLaunch.start` serves a raw file.
  */
 import path from 'node:path';
 import type { BlockBackend } from '../disk/backend.ts';
@@ -11,11 +11,7 @@ import { registerCleanup } from '../vm/cleanup.ts';
 import { QemuVm, type QemuVmOptions } from '../vm/qemu-vm.ts';
 import { createRunDir, removeRunDir } from '../vm/run-dir.ts';
 
-export interface PlainLaunchOptions extends Omit<QemuVmOptions, 'disk'> {
-  /** Raw disk image; the guest sees it as /dev/vda. */
-  diskPath: string;
-  readOnly?: boolean;
-}
+export type DiskLaunchOptions = Omit<QemuVmOptions, 'disk'>;
 
 const EXPORT_NAME = 'vda';
 
@@ -25,7 +21,7 @@ async function closeExport(nbd: NbdServer, backend: BlockBackend, dir: string): 
   await removeRunDir(dir);
 }
 
-export class PlainLaunch {
+export class DiskLaunch {
   private stopping: Promise<void> | undefined;
 
   private constructor(
@@ -36,26 +32,31 @@ export class PlainLaunch {
     private readonly unregister: () => void,
   ) {}
 
-  static async start(options: PlainLaunchOptions): Promise<PlainLaunch> {
-    const { diskPath, readOnly, ...vmOptions } = options;
-    const backend = await FileBackend.open(diskPath, { readOnly: readOnly ?? false });
-    const diskRunDir = await createRunDir(options.runDirBase);
+  /** Serves `backend` and boots QEMU on it; takes ownership of the backend (closed on failure and on stop). */
+  static async start(backend: BlockBackend, options: DiskLaunchOptions): Promise<DiskLaunch> {
+    let diskRunDir: string;
+    try {
+      diskRunDir = await createRunDir(options.runDirBase);
+    } catch (err) {
+      await backend.close();
+      throw err;
+    }
     const nbd = new NbdServer({ socketPath: path.join(diskRunDir, 'disk.sock'), exports: new Map([[EXPORT_NAME, backend]]) });
     const teardown = (): Promise<void> => closeExport(nbd, backend, diskRunDir);
     const unregister = registerCleanup(teardown);
     let vm: QemuVm;
     try {
       await nbd.listen();
-      vm = await QemuVm.start({ ...vmOptions, disk: { socketPath: nbd.socketPath, exportName: EXPORT_NAME } });
+      vm = await QemuVm.start({ ...options, disk: { socketPath: nbd.socketPath, exportName: EXPORT_NAME } });
     } catch (err) {
       unregister();
       await teardown();
       throw err;
     }
-    return new PlainLaunch(vm, nbd, backend, diskRunDir, unregister);
+    return new DiskLaunch(vm, nbd, backend, diskRunDir, unregister);
   }
 
-  /** Stops QEMU (if still running), then the export; the disk file is closed and left in place. Idempotent. */
+  /** Stops QEMU (if still running), then the export; the backend is closed. Idempotent. */
   stop(graceMs = 5000): Promise<void> {
     this.stopping ??= (async () => {
       this.unregister();
@@ -65,3 +66,16 @@ export class PlainLaunch {
     return this.stopping;
   }
 }
+
+export interface PlainLaunchOptions extends DiskLaunchOptions {
+  /** Raw disk image; the guest sees it as /dev/vda. */
+  diskPath: string;
+  readOnly?: boolean;
+}
+
+export const PlainLaunch = {
+  async start(options: PlainLaunchOptions): Promise<DiskLaunch> {
+    const { diskPath, readOnly, ...vmOptions } = options;
+    return DiskLaunch.start(await FileBackend.open(diskPath, { readOnly: readOnly ?? false }), vmOptions);
+  },
+};
