@@ -1,0 +1,42 @@
+/**
+ * Reuses request-sized buffers (read replies, write payloads) within one connection, so a
+ * steady stream of same-sized requests costs no malloc, no ArrayBuffer creation and no GC
+ * sweeping. A buffer goes back only once nothing refers to it any more: after the socket has
+ * written a reply, after the backend has finished with a payload. Buffers are never shared
+ * between connections, and every byte sent from one is freshly filled.
+ */
+export class BufferPool {
+  readonly #free = new Map<number, Buffer[]>();
+  #pooledBytes = 0;
+
+  constructor(
+    /** Bytes kept for reuse at most. */
+    readonly maxPooledBytes: number,
+    /** Larger buffers are not kept: a rare huge request must not pin its memory. */
+    readonly maxBufferSize: number,
+  ) {}
+
+  /** A buffer of exactly `size` bytes with unspecified contents. */
+  take(size: number): Buffer {
+    const b = this.#free.get(size)?.pop();
+    if (b) {
+      this.#pooledBytes -= size;
+      return b;
+    }
+    return Buffer.allocUnsafeSlow(size);
+  }
+
+  give(b: Buffer): void {
+    const size = b.length;
+    if (size > this.maxBufferSize || this.#pooledBytes + size > this.maxPooledBytes) return;
+    let list = this.#free.get(size);
+    if (!list) this.#free.set(size, (list = []));
+    list.push(b);
+    this.#pooledBytes += size;
+  }
+
+  clear(): void {
+    this.#free.clear();
+    this.#pooledBytes = 0;
+  }
+}
