@@ -10,7 +10,7 @@
  */
 import 'reflect-metadata'; // @peculiar/x509 resolves its internals through tsyringe, which needs it first.
 import * as x509 from '@peculiar/x509';
-import { createPrivateKey, createPublicKey, randomBytes, webcrypto, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, webcrypto, type KeyObject } from 'node:crypto';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
@@ -115,13 +115,36 @@ async function loadCa(ca: CaMaterial): Promise<{ cert: x509.X509Certificate; sig
   return { cert, signingKey };
 }
 
+/** Checks that CA material is usable for issuing: a CA certificate with its matching Ed25519 key. */
+export async function validateCaMaterial(ca: CaMaterial): Promise<void> {
+  await loadCa(ca);
+}
+
+// RFC 8410 SubjectPublicKeyInfo header of an X25519 public key (id-X25519 is 1.3.101.110).
+const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+
+/**
+ * Checks a host's raw X25519 HPKE public key: 32 bytes, and a trial key agreement with a throwaway key
+ * succeeds. OpenSSL refuses points of small order (their shared secret is all zero, which RFC 9180
+ * forbids), so a key that fails here could never receive a sealed bundle and must not be certified.
+ */
+export function checkHostHpkePublicKey(publicKey: Uint8Array): void {
+  if (!(publicKey instanceof Uint8Array) || publicKey.length !== 32) {
+    throw new CaError('host HPKE public key must be 32 raw X25519 bytes');
+  }
+  try {
+    const key = createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' });
+    diffieHellman({ privateKey: generateKeyPairSync('x25519').privateKey, publicKey: key });
+  } catch {
+    throw new CaError('host HPKE public key is not a usable X25519 key (small-order point)');
+  }
+}
+
 export async function issueHostCertificate(ca: CaMaterial, req: HostCertificateRequest): Promise<string> {
   if (typeof req.hostId !== 'string' || !HOST_ID_PATTERN.test(req.hostId)) {
     throw new CaError(`host id must match ${HOST_ID_PATTERN}`);
   }
-  if (!(req.hpkePublicKey instanceof Uint8Array) || req.hpkePublicKey.length !== 32) {
-    throw new CaError('host HPKE public key must be 32 raw X25519 bytes');
-  }
+  checkHostHpkePublicKey(req.hpkePublicKey);
   checkDays(req.validityDays, HOST_MAX_VALIDITY_DAYS, 'host certificate validity');
   const { cert: caCert, signingKey } = await loadCa(ca);
   const now = req.now ?? new Date();

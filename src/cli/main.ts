@@ -1,9 +1,11 @@
 import { Command } from 'commander';
 import { registerDiskCommands } from './commands/disk.ts';
 import { registerGuestCommands } from './commands/guest.ts';
+import { registerAuthorityCommands } from './commands/authority.ts';
 import { registerHostCommands } from './commands/host.ts';
 import { registerPartyPlaceholders } from './commands/parties.ts';
 import { registerDemoCommand } from './commands/demo.ts';
+import { registerTenantCommands } from './commands/tenant.ts';
 
 const program = new Command()
   .name('vmseal')
@@ -15,6 +17,8 @@ const program = new Command()
   .showHelpAfterError('(run with --help for usage)');
 
 registerHostCommands(program);
+registerTenantCommands(program);
+registerAuthorityCommands(program);
 registerPartyPlaceholders(program);
 registerDiskCommands(program);
 registerGuestCommands(program);

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { buildGuest } from '../../guest/build.ts';
-import { PlainLaunch } from '../../monitor/launch/plain-launch.ts';
+import { PlainLaunch, type DiskLaunch } from '../../monitor/launch/disk-launch.ts';
+import { registerHostInit } from './host-init.ts';
 
 const DETACH_KEY = 0x1d; // Ctrl-]
 const POWERDOWN_WAIT_MS = 60_000;
@@ -20,6 +21,7 @@ interface BootOptions {
  */
 export function registerHostCommands(program: Command): void {
   const host = program.command('host').description('the trusted monitor on a cloud host: owns QEMU, disks and keys');
+  registerHostInit(host);
   host
     .command('boot')
     .description('boot a VM from a raw disk served by vmseal\'s NBD server; the serial console is this terminal (Ctrl-] powers down)')
@@ -50,7 +52,7 @@ export function registerHostCommands(program: Command): void {
 }
 
 /** Pipes the serial console to this terminal until QEMU exits; Ctrl-] asks the guest to power down. */
-async function attachTerminal(launch: PlainLaunch): Promise<void> {
+async function attachTerminal(launch: DiskLaunch): Promise<void> {
   const { vm } = launch;
   const onData = (chunk: string): void => void process.stdout.write(chunk);
   vm.console.on('data', onData);

@@ -6,9 +6,7 @@ import type { Command } from 'commander';
  */
 const PENDING: Array<{ name: string; summary: string; arrives: string }> = [
   { name: 'mgmt', summary: 'the untrusted management plane: image storage, relays sealed blobs', arrives: 'sealed launch and sealed commands (issue #3)' },
-  { name: 'tenant', summary: 'the tenant client: seal images and bundles, verify VM identity, send sealed commands', arrives: 'sealed disks and VM identity (issue #3)' },
   { name: 'ids', summary: 'the offloaded intrusion detector and its kernel profiles', arrives: 'secure offloaded monitoring (issue #4)' },
-  { name: 'authority', summary: 'the third party: host CA, IDS approval, heartbeats, attestation', arrives: 'host keys and the CA (issue #3)' },
 ];
 
 export function registerPartyPlaceholders(program: Command): void {
