@@ -12,17 +12,11 @@ import 'reflect-metadata'; // @peculiar/x509 resolves its internals through tsyr
 import * as x509 from '@peculiar/x509';
 import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomBytes, webcrypto, type KeyObject } from 'node:crypto';
 
+import { HOST_ID_PATTERN, VMSEAL_HOST_HPKE_KEY_OID } from '../formats/protocol/host-certificate.ts';
+
+export { HOST_ID_PATTERN, VMSEAL_HOST_HPKE_KEY_OID };
+
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
-
-/**
- * Extended key usage marking a certificate's key as a vmseal host HPKE key. It lives under the 2.25
- * arc (ITU-T X.667: an OID made of a random UUID, 4104b93d-a647-410b-8550-33eaaadd5787), which needs
- * no registered enterprise number and cannot collide with anyone else's OID.
- */
-export const VMSEAL_HOST_HPKE_KEY_OID = '2.25.86424346043608912508292330856833177479';
-
-/** Host ids are short, DN-safe names: a letter or digit, then letters, digits, '.', '_' or '-'. */
-export const HOST_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export const CA_DEFAULT_VALIDITY_DAYS = 3650;
 export const HOST_MAX_VALIDITY_DAYS = 825;

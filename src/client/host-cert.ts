@@ -13,7 +13,7 @@
 import 'reflect-metadata'; // @peculiar/x509 resolves its internals through tsyringe, which needs it first.
 import * as x509 from '@peculiar/x509';
 import { X509Certificate as OpenSslCertificate } from 'node:crypto';
-import { HOST_ID_PATTERN, VMSEAL_HOST_HPKE_KEY_OID } from '../authority/ca.ts';
+import { HOST_ID_PATTERN, VMSEAL_HOST_HPKE_KEY_OID } from '../formats/protocol/host-certificate.ts';
 
 export type HostCertificateErrorCode =
   | 'MALFORMED' // not exactly one well-formed certificate, or a subject outside the profile

@@ -15,7 +15,7 @@ import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { HOST_ID_PATTERN } from '../authority/ca.ts';
+import { HOST_ID_PATTERN } from '../formats/protocol/host-certificate.ts';
 import { caFingerprint } from './ca-fingerprint.ts';
 import { verifyHostCertificate, type VerifiedHostCertificate } from './host-cert.ts';
 import { ensurePrivateDir, writePrivateFileAtomic } from './private-file.ts';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { HOST_ID_PATTERN } from '../../authority/ca.ts';
+import { HOST_ID_PATTERN } from '../../formats/protocol/host-certificate.ts';
 import { enrollHost, fetchCaCertificate, parseAuthorityUrl } from '../../authority/http-client.ts';
 import { caFingerprint, parseFingerprint } from '../../client/ca-fingerprint.ts';
 import { verifyHostCertificate } from '../../client/host-cert.ts';

@@ -1,5 +1,6 @@
 /** zod field types shared by the protocol messages: binary values travel as base64 or hex in JSON. */
 import { z } from 'zod';
+import { HOST_ID_PATTERN } from './host-certificate.ts';
 
 /** Base64 (standard alphabet, padded) of exactly `bytes` bytes; parses to a Buffer. */
 export function base64Bytes(bytes: number) {
@@ -25,7 +26,7 @@ export const sha256Hex = hexBytes(32);
 export const vmIdHex = hexBytes(16);
 
 /** A host id as the CA certifies it (src/authority/ca.ts's HOST_ID_PATTERN). */
-export const hostIdField = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be a host id (1-64 of A-Z a-z 0-9 . _ -)');
+export const hostIdField = z.string().regex(HOST_ID_PATTERN, 'must be a host id (1-64 of A-Z a-z 0-9 . _ -)');
 
 /** The tenant's name for a VM. */
 export const vmNameField = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be 1-63 of a-z 0-9 - (starting with a letter or digit)');

@@ -13,7 +13,7 @@ import { X509Certificate, createPrivateKey, randomBytes, type KeyObject } from '
 import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
-import { HOST_ID_PATTERN } from '../../authority/ca.ts';
+import { HOST_ID_PATTERN } from '../../formats/protocol/host-certificate.ts';
 import { generateHpkeKeyPair, hpkePublicKeyFromPrivate } from '../../crypto/hpke.ts';
 
 export const HOST_PRIVATE_KEY_FILE = 'hpke-private.pem';
