@@ -1,0 +1,481 @@
+/**
+ * The sealed disk (docs/sealed-disk.md): a LUKS2 image's AES-XTS payload served to QEMU as a plain block
+ * device, every sector checked against the integrity tree before it is decrypted, writes held in a bounded
+ * write-back buffer until a flush makes data, tree and root durable in five steps.
+ *
+ * Consistency between reads and flushes: a read takes the image lock shared for its pread and decides in the
+ * same synchronous step, right after it, where each sector comes from (the write buffers, newest first, else
+ * the bytes just read, checked against the tree's leaf). A flush takes the lock exclusively only while it
+ * writes sectors into the image, so a read never sees half-written sectors nor compares old bytes with a leaf
+ * already updated; buffered sectors are served from memory until the flush that wrote them is over.
+ *
+ * Failure: a flush that fails midway leaves the files for crash recovery to sort out at the next open; the
+ * disk refuses every later request (EIO) and raises DISK_FAILURE. A failed boot-sector check does the same
+ * after its BAD_KEY_OR_DISK alert.
+ */
+import { open as openCb, close as closeCb, fstat as fstatCb } from 'node:fs';
+import { promisify } from 'node:util';
+import { IntegrityTree, TreeHasher, integrityImageId, TREE_HASH_BYTES, TREE_SECTOR_BYTES, type ChangedNodes } from '../../crypto/integrity-tree.ts';
+import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
+import { SidecarFormatError, type SidecarGeometry } from '../../formats/integrity-sidecar.ts';
+import type { MonitorDb } from '../state/monitor-db.ts';
+import type { BlockBackend, BlockSizes } from './backend.ts';
+import { CryptoPool, type CryptoContext } from './crypto-pool.ts';
+import { fdatasyncFd, readFully, writevFully } from './fd-io.ts';
+import { RwLock } from './rw-lock.ts';
+import { SealedDiskError, type AlertSink, type SealedDiskAlert } from './sealed-alerts.ts';
+import { loadTree } from './sealed-tree-load.ts';
+import type { EncryptionSectorSize } from './sector-crypto.ts';
+import { SectorRanges } from './sector-ranges.ts';
+import { readSidecar, writeSidecarNodes } from './sidecar-file.ts';
+import { WriteBuffer } from './write-buffer.ts';
+
+export { SealedDiskError, type SealedDiskAlert } from './sealed-alerts.ts';
+
+const openAsync = promisify(openCb);
+const closeAsync = promisify(closeCb);
+const fstatAsync = promisify(fstatCb);
+
+const SECTOR = TREE_SECTOR_BYTES;
+const LEAF = TREE_HASH_BYTES;
+export const SEALED_MAX_PAYLOAD = 32 * 1024 * 1024;
+export const DEFAULT_WRITE_BUFFER_BYTES = 32 * 1024 * 1024;
+/** Write-zeroes encrypts zero sectors this many bytes at a time. */
+const ZERO_CHUNK = 1024 * 1024;
+let zeroes: Buffer | undefined;
+
+/** Points in a flush where the crash tests stop the process (afterFlushStep); see docs/sealed-disk.md. */
+export type FlushStep =
+  | 'pending-recorded'
+  | 'image-partly-written'
+  | 'image-written'
+  | 'sidecar-partly-written'
+  | 'sidecar-written'
+  | 'committed';
+
+export interface SealedBackendOptions {
+  /** The LUKS2 (or LUKS1) image in untrusted storage; its payload is the disk. */
+  imagePath: string;
+  sidecarPath: string;
+  /** Byte offset of the payload in the image. */
+  payloadOffset: number;
+  /** The 64-byte volume key (from the launch bundle). */
+  volumeKey: Buffer;
+  /** The root sealed into the launch bundle; trusted only if monitor state has no root for this image yet. */
+  bundleRoot?: Buffer;
+  db: MonitorDb;
+  onAlert: AlertSink;
+  /** The image's encryption sector size: 4096 for our images and LUKS2 defaults, 512 for LUKS1. Default 4096. */
+  encryptionSectorSize?: EncryptionSectorSize;
+  /** Bound of the write-back buffer (two of these exist: one filling, one being flushed). Default 32 MiB. */
+  writeBufferBytes?: number;
+  /** Requests up to this size are encrypted and hashed on the main thread. Default: the pool's. */
+  inlineCryptoMaxBytes?: number;
+  /** Default: the process-wide pool. */
+  cryptoPool?: CryptoPool;
+  /** Test seam: called after each flush step; the crash tests SIGKILL themselves here. */
+  afterFlushStep?: (step: FlushStep) => void;
+}
+
+/** Images open in this process: two backends on one image would corrupt each other's tree. */
+const openImages = new Set<string>();
+
+function ioError(message: string, code = 'EIO'): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+export class SealedBackend implements BlockBackend {
+  readonly blockSizes: BlockSizes = { min: SECTOR, preferred: SECTOR, max: SEALED_MAX_PAYLOAD };
+  readonly readOnly = false;
+  /** Trim is not offered: a trimmed sector would need a leaf for "unknown contents", which the tree has not. */
+  readonly canTrim = false;
+  readonly canWriteZeroes = true;
+  readonly size: number;
+  readonly imageId: string;
+
+  readonly #imageFd: number;
+  readonly #sidecarFd: number;
+  readonly #payloadOffset: number;
+  readonly #geometry: SidecarGeometry;
+  readonly #tree: IntegrityTree;
+  readonly #hasher: TreeHasher;
+  readonly #condemned: SectorRanges;
+  readonly #crypto: CryptoContext;
+  readonly #pool: CryptoPool;
+  readonly #ownsPool: boolean;
+  readonly #db: MonitorDb;
+  readonly #onAlert: AlertSink;
+  readonly #afterStep: ((step: FlushStep) => void) | undefined;
+  readonly #imageLock = new RwLock();
+
+  #root: Buffer;
+  #dirty: WriteBuffer;
+  #flushing: WriteBuffer | null = null;
+  #spare: WriteBuffer;
+  readonly #spaceWaiters: (() => void)[] = [];
+  #flushTail: Promise<void> = Promise.resolve();
+  #queuedFlush: Promise<void> | null = null;
+  #flushRunning = false;
+  #bootChecked = false;
+  #failed: Error | null = null;
+  #running = 0;
+  #idle: (() => void) | undefined;
+  #closing: Promise<void> | undefined;
+
+  private constructor(init: {
+    imageId: string;
+    imageFd: number;
+    sidecarFd: number;
+    payloadOffset: number;
+    geometry: SidecarGeometry;
+    tree: IntegrityTree;
+    hasher: TreeHasher;
+    root: Buffer;
+    condemned: SectorRanges;
+    crypto: CryptoContext;
+    pool: CryptoPool;
+    ownsPool: boolean;
+    bufferSectors: number;
+    opts: SealedBackendOptions;
+  }) {
+    this.imageId = init.imageId;
+    this.#imageFd = init.imageFd;
+    this.#sidecarFd = init.sidecarFd;
+    this.#payloadOffset = init.payloadOffset;
+    this.#geometry = init.geometry;
+    this.#tree = init.tree;
+    this.#hasher = init.hasher;
+    this.#root = init.root;
+    this.#condemned = init.condemned;
+    this.#crypto = init.crypto;
+    this.#pool = init.pool;
+    this.#ownsPool = init.ownsPool;
+    this.#db = init.opts.db;
+    this.#onAlert = init.opts.onAlert;
+    this.#afterStep = init.opts.afterFlushStep;
+    this.size = init.tree.sectors * SECTOR;
+    this.#dirty = new WriteBuffer(init.bufferSectors);
+    this.#spare = new WriteBuffer(init.bufferSectors);
+  }
+
+  /**
+   * Opens a sealed disk: reads and verifies the sidecar against the trusted root (finishing a flush a crash
+   * interrupted), and records the bundle's root as this image's root on its first open on this host.
+   * Throws SealedDiskError('TAMPER') if the files do not verify as a whole; parts that do not verify are
+   * alerted and refused per request.
+   */
+  static async open(opts: SealedBackendOptions): Promise<SealedBackend> {
+    const payloadOffset = opts.payloadOffset;
+    if (!Number.isSafeInteger(payloadOffset) || payloadOffset < 0) throw new SealedDiskError(`bad payload offset ${payloadOffset}`, 'INVALID');
+    if (!Buffer.isBuffer(opts.volumeKey) || opts.volumeKey.length !== VOLUME_KEY_BYTES) {
+      throw new SealedDiskError(`the volume key must be ${VOLUME_KEY_BYTES} bytes`, 'INVALID');
+    }
+    if (opts.bundleRoot !== undefined && (!Buffer.isBuffer(opts.bundleRoot) || opts.bundleRoot.length !== TREE_HASH_BYTES)) {
+      throw new SealedDiskError(`the bundle root must be ${TREE_HASH_BYTES} bytes`, 'INVALID');
+    }
+    const bufferBytes = opts.writeBufferBytes ?? DEFAULT_WRITE_BUFFER_BYTES;
+    if (!Number.isInteger(bufferBytes) || bufferBytes < SECTOR || bufferBytes % SECTOR !== 0) {
+      throw new SealedDiskError(`the write buffer must be a positive multiple of ${SECTOR} bytes`, 'INVALID');
+    }
+    const integrityKey = deriveVmKey(opts.volumeKey, 'integrity');
+    const imageId = integrityImageId(integrityKey);
+    if (openImages.has(imageId)) throw new SealedDiskError(`image ${imageId} is already open`, 'BUSY');
+    openImages.add(imageId);
+    const tamper = (sector: number, sectors: number, reason: string): void => opts.onAlert({ kind: 'TAMPER', image: imageId, sector, sectors, reason });
+
+    const fds: number[] = [];
+    let pool: CryptoPool | undefined;
+    let crypto: CryptoContext | undefined;
+    try {
+      const imageFd = await openAsync(opts.imagePath, 'r+');
+      fds.push(imageFd);
+      const sidecarFd = await openAsync(opts.sidecarPath, 'r+');
+      fds.push(sidecarFd);
+      const [imageStat, sidecarStat] = await Promise.all([fstatAsync(imageFd), fstatAsync(sidecarFd)]);
+      if (!imageStat.isFile()) throw new SealedDiskError(`${opts.imagePath} is not a regular file`, 'INVALID');
+      if (!sidecarStat.isFile()) throw new SealedDiskError(`${opts.sidecarPath} is not a regular file`, 'INVALID');
+
+      let sidecar;
+      try {
+        sidecar = await readSidecar(sidecarFd, sidecarStat.size);
+      } catch (err) {
+        if (!(err instanceof SidecarFormatError)) throw err;
+        tamper(0, 0, `the integrity sidecar is malformed: ${err.message}`);
+        throw new SealedDiskError(`${opts.sidecarPath}: ${err.message}`, 'TAMPER');
+      }
+      const { geometry, levels } = sidecar;
+      const payloadEnd = payloadOffset + geometry.sectors * SECTOR;
+      if (imageStat.size < payloadEnd) {
+        tamper(0, geometry.sectors, `the image is ${imageStat.size} bytes, shorter than its ${geometry.sectors} sectors`);
+        throw new SealedDiskError(`${opts.imagePath} is shorter than the disk its sidecar describes`, 'TAMPER');
+      }
+
+      const hasher = new TreeHasher(integrityKey);
+      const tree = new IntegrityTree(geometry.sectors, levels);
+      const stateRoot = opts.db.imageRoot(imageId);
+      const trusted = stateRoot ?? opts.bundleRoot;
+      if (!trusted) throw new SealedDiskError(`image ${imageId}: no trusted root (none in monitor state, none in the bundle)`, 'NO_ROOT');
+      const loaded = await loadTree({
+        imageId,
+        hasher,
+        tree,
+        root: trusted,
+        db: opts.db,
+        tamper,
+        readCiphertext: async (first, count) => {
+          const buf = Buffer.alloc(count * SECTOR);
+          await readFully(imageFd, buf, payloadOffset + first * SECTOR);
+          return buf;
+        },
+        writeNodes: async (changed) => {
+          await writeSidecarNodes(sidecarFd, geometry, levels, changed);
+          await fdatasyncFd(sidecarFd);
+        },
+      });
+      if (!stateRoot) opts.db.adoptImageRoot(imageId, loaded.root);
+
+      const ownsPool = opts.cryptoPool === undefined;
+      pool = opts.cryptoPool ?? CryptoPool.acquire();
+      crypto = pool.context({ volumeKey: opts.volumeKey, integrityKey, encryptionSectorSize: opts.encryptionSectorSize ?? 4096 }, opts.inlineCryptoMaxBytes);
+      return new SealedBackend({
+        imageId,
+        imageFd,
+        sidecarFd,
+        payloadOffset,
+        geometry,
+        tree,
+        hasher,
+        root: loaded.root,
+        condemned: new SectorRanges(loaded.bad.map((b) => ({ first: b.firstSector, end: b.firstSector + b.sectors }))),
+        crypto,
+        pool,
+        ownsPool,
+        bufferSectors: bufferBytes / SECTOR,
+        opts,
+      });
+    } catch (err) {
+      crypto?.close();
+      if (pool && opts.cryptoPool === undefined) await pool.release();
+      await Promise.all(fds.map((fd) => closeAsync(fd).catch(() => undefined)));
+      openImages.delete(imageId);
+      throw err;
+    } finally {
+      integrityKey.fill(0);
+    }
+  }
+
+  /** The root monitor state holds for this image (changes with every flush). */
+  get root(): Buffer {
+    return Buffer.from(this.#root);
+  }
+
+  read(offset: number, length: number, into: Buffer): Promise<void> {
+    return this.#run(async () => {
+      const first = offset / SECTOR;
+      const count = length / SECTOR;
+      this.#refuseCondemned(first, count, 'read');
+      const data = into.subarray(0, length);
+      const expected = Buffer.allocUnsafe(count * LEAF);
+      await this.#imageLock.shared(async () => {
+        await readFully(this.#imageFd, data, this.#payloadOffset + offset);
+        // Decided right after the pread, before the lock is released: see the header comment.
+        for (let i = 0; i < count; i++) {
+          const s = first + i;
+          if (this.#dirty.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
+          if (this.#flushing?.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
+          this.#tree.levels[0]!.copy(expected, i * LEAF, s * LEAF, (s + 1) * LEAF);
+        }
+      });
+      const bad = await this.#crypto.open(first, data, expected, data);
+      if (bad.length > 0) {
+        for (const i of bad) this.#alert({ kind: 'TAMPER', image: this.imageId, sector: first + i, sectors: 1, reason: 'the ciphertext does not match its leaf' });
+        throw ioError(`sealed disk ${this.imageId}: ${bad.length} sector(s) from ${first + bad[0]!} failed verification`);
+      }
+      if (first === 0 && !this.#bootChecked) this.#checkBootSector(data);
+    });
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.#run(() => this.#write(offset, data, fua));
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.#run(async () => {
+      zeroes ??= Buffer.alloc(ZERO_CHUNK);
+      for (let done = 0; done < length; done += ZERO_CHUNK) {
+        await this.#write(offset + done, zeroes.subarray(0, Math.min(ZERO_CHUNK, length - done)), false);
+      }
+      if (fua) await this.#scheduleFlush();
+    });
+  }
+
+  trim(): Promise<void> {
+    return Promise.reject(ioError('trim is not supported by a sealed disk', 'EINVAL'));
+  }
+
+  /** Makes every write completed before the call durable: data, tree and root (the five steps). */
+  flush(): Promise<void> {
+    return this.#run(() => this.#scheduleFlush());
+  }
+
+  /** Waits for running requests, flushes what is buffered (unless the disk failed), and closes the files. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      if (this.#running > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
+      try {
+        if (!this.#failed) await this.#scheduleFlush();
+        else await this.#flushTail;
+      } finally {
+        this.#failed ??= ioError(`sealed disk ${this.imageId} is closed`, 'EBADF');
+        for (const wake of this.#spaceWaiters.splice(0)) wake();
+        this.#crypto.close();
+        if (this.#ownsPool) await this.#pool.release();
+        await Promise.all([closeAsync(this.#imageFd), closeAsync(this.#sidecarFd)]);
+        openImages.delete(this.imageId);
+      }
+    })();
+    return this.#closing;
+  }
+
+  async #run<T>(op: () => Promise<T>): Promise<T> {
+    if (this.#closing) throw ioError(`sealed disk ${this.imageId} is closed`, 'EBADF');
+    if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
+    this.#running++;
+    try {
+      return await op();
+    } finally {
+      if (--this.#running === 0) this.#idle?.();
+    }
+  }
+
+  async #write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    const first = offset / SECTOR;
+    this.#refuseCondemned(first, data.length / SECTOR, 'write');
+    // Sealed parts go straight into the write buffer; what does not fit waits, copied, for the next one.
+    const overflow: { first: number; ciphertext: Buffer; leaves: Buffer }[] = [];
+    await this.#crypto.seal(first, data, (s, ciphertext, leaves) => {
+      const placed = this.#place(s, ciphertext, leaves);
+      if (placed < ciphertext.length / SECTOR) {
+        overflow.push({ first: s + placed, ciphertext: Buffer.from(ciphertext.subarray(placed * SECTOR)), leaves: Buffer.from(leaves.subarray(placed * LEAF)) });
+      }
+    });
+    for (const part of overflow) {
+      const count = part.ciphertext.length / SECTOR;
+      for (let i = 0; ; ) {
+        if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
+        i += this.#place(part.first + i, part.ciphertext.subarray(i * SECTOR), part.leaves.subarray(i * LEAF));
+        if (i === count) break;
+        // Full: flush it and wait until a flush has swapped in an empty buffer.
+        this.#kickFlush();
+        await new Promise<void>((resolve) => this.#spaceWaiters.push(resolve));
+      }
+    }
+    if (fua) await this.#scheduleFlush();
+    // Half full: flush in the background so the other half can fill meanwhile.
+    else if (this.#dirty.size * 2 >= this.#dirty.capacity && !this.#flushRunning) this.#kickFlush();
+  }
+
+  /** Puts as many of these sectors as fit into the write buffer; returns how many did. */
+  #place(first: number, ciphertext: Buffer, leaves: Buffer): number {
+    const count = ciphertext.length / SECTOR;
+    let i = 0;
+    while (i < count && this.#dirty.put(first + i, ciphertext, i * SECTOR, leaves, i * LEAF)) i++;
+    return i;
+  }
+
+  /** A read or write touching sectors whose sidecar nodes did not verify fails, and says so every time. */
+  #refuseCondemned(first: number, count: number, what: string): void {
+    if (this.#condemned.empty) return;
+    const hit = this.#condemned.intersect(first, count);
+    if (hit.length === 0) return;
+    for (const r of hit) {
+      this.#alert({ kind: 'TAMPER', image: this.imageId, sector: r.first, sectors: r.end - r.first, reason: `${what} of sectors whose sidecar nodes did not verify` });
+    }
+    throw ioError(`sealed disk ${this.imageId}: sectors ${hit[0]!.first}.. cannot be verified`);
+  }
+
+  #checkBootSector(sector0: Buffer): void {
+    this.#bootChecked = true;
+    if (sector0[510] === 0x55 && sector0[511] === 0xaa) return;
+    const reason = 'sector 0 does not end with the MBR signature 0x55AA once decrypted: wrong volume key or another disk';
+    this.#alert({ kind: 'BAD_KEY_OR_DISK', image: this.imageId, reason });
+    this.#failed = new Error(reason);
+    throw ioError(`sealed disk ${this.imageId}: ${reason}`);
+  }
+
+  #alert(a: SealedDiskAlert): void {
+    try {
+      this.#onAlert(a);
+    } catch {
+      // A failing sink must not turn a refused request into a crash; the request still fails.
+    }
+  }
+
+  #kickFlush(): void {
+    this.#scheduleFlush().catch(() => undefined); // a failure is recorded in #failed and alerted
+  }
+
+  /** Flushes run one at a time; callers arriving while one waits to start share it. */
+  #scheduleFlush(): Promise<void> {
+    if (this.#queuedFlush) return this.#queuedFlush;
+    const p = this.#flushTail.then(() => {
+      this.#queuedFlush = null;
+      return this.#flushOnce();
+    });
+    this.#queuedFlush = p;
+    this.#flushTail = p.catch(() => undefined);
+    return p;
+  }
+
+  async #flushOnce(): Promise<void> {
+    if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
+    const buf = this.#dirty;
+    if (buf.size === 0) return;
+    this.#flushRunning = true;
+    this.#dirty = this.#spare;
+    this.#flushing = buf;
+    for (const wake of this.#spaceWaiters.splice(0)) wake();
+    try {
+      // 1. The new leaves into the tree, their paths recomputed: the new root.
+      const sectors = buf.sectors();
+      const newLeaves = buf.leavesOf(sectors);
+      const oldLeaves = Buffer.allocUnsafe(newLeaves.length);
+      sectors.forEach((s, i) => this.#tree.levels[0]!.copy(oldLeaves, i * LEAF, s * LEAF, (s + 1) * LEAF));
+      const changed: ChangedNodes = this.#tree.setLeaves(this.#hasher, sectors, newLeaves);
+      const oldRoot = this.#root;
+      const newRoot = this.#tree.root(this.#hasher);
+      // 2. What is about to change, committed before anything changes.
+      this.#db.recordPendingFlush(this.imageId, { oldRoot, newRoot, sectors, oldLeaves, newLeaves });
+      this.#afterStep?.('pending-recorded');
+      // 3. The ciphertext, then fdatasync.
+      await this.#imageLock.exclusive(async () => {
+        let written = 0;
+        for (const run of buf.runs(sectors)) {
+          await writevFully(this.#imageFd, run.buffers, this.#payloadOffset + run.firstSector * SECTOR);
+          if (++written === 1) this.#afterStep?.('image-partly-written');
+        }
+      });
+      await fdatasyncFd(this.#imageFd);
+      this.#afterStep?.('image-written');
+      // 4. The changed sidecar nodes, then fdatasync.
+      await writeSidecarNodes(this.#sidecarFd, this.#geometry, this.#tree.levels, changed, () => this.#afterStep?.('sidecar-partly-written'));
+      await fdatasyncFd(this.#sidecarFd);
+      this.#afterStep?.('sidecar-written');
+      // 5. The new root, and the pending record gone, in one transaction.
+      this.#db.commitFlush(this.imageId, oldRoot, newRoot);
+      this.#root = newRoot;
+      this.#afterStep?.('committed');
+    } catch (err) {
+      const reason = `flush failed: ${err instanceof Error ? err.message : String(err)}`;
+      this.#failed = new Error(reason);
+      this.#alert({ kind: 'DISK_FAILURE', image: this.imageId, reason });
+      throw ioError(`sealed disk ${this.imageId}: ${reason}`);
+    } finally {
+      this.#flushing = null;
+      buf.clear();
+      this.#spare = buf;
+      this.#flushRunning = false;
+      for (const wake of this.#spaceWaiters.splice(0)) wake();
+    }
+  }
+}

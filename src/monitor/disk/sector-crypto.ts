@@ -1,0 +1,64 @@
+/**
+ * The per-sector work of the sealed disk, on whichever thread runs it (the monitor's main thread for small
+ * requests, a crypto worker for large ones): encrypt and hash on write; on read, hash and compare with the
+ * trusted leaves first and decrypt only when every sector matched.
+ *
+ * Sectors here are the integrity tree's 4096-byte units. The XTS data unit is the image's encryption sector
+ * (4096 for our images, 512 for LUKS1 imports); the plain64 tweak counts 512-byte units either way, which
+ * XtsCipher handles given the sector size.
+ */
+import { TreeHasher, TREE_HASH_BYTES, TREE_SECTOR_BYTES } from '../../crypto/integrity-tree.ts';
+import { XtsCipher } from '../../crypto/xts.ts';
+
+export type EncryptionSectorSize = 512 | 4096;
+
+export interface SectorKeys {
+  /** The 64-byte XTS volume key. */
+  volumeKey: Buffer;
+  /** K_integrity. */
+  integrityKey: Buffer;
+  encryptionSectorSize: EncryptionSectorSize;
+}
+
+export class SectorCrypto {
+  readonly #xts: XtsCipher;
+  readonly #hasher: TreeHasher;
+  readonly #ess: EncryptionSectorSize;
+  readonly #unitsPerSector: number;
+  #scratch = Buffer.alloc(0);
+
+  constructor(keys: SectorKeys) {
+    if (keys.encryptionSectorSize !== 512 && keys.encryptionSectorSize !== 4096) {
+      throw new RangeError(`encryption sector size must be 512 or 4096, got ${String(keys.encryptionSectorSize)}`);
+    }
+    this.#xts = new XtsCipher(keys.volumeKey);
+    this.#hasher = new TreeHasher(keys.integrityKey);
+    this.#ess = keys.encryptionSectorSize;
+    this.#unitsPerSector = TREE_SECTOR_BYTES / keys.encryptionSectorSize;
+  }
+
+  /** Encrypts `plain` (sectors from `firstSector`) into `ciphertext` and writes their leaves to leaves[at..]. */
+  seal(firstSector: number, plain: Buffer, ciphertext: Buffer, leaves: Buffer, at = 0): void {
+    this.#xts.encryptSectors(firstSector * this.#unitsPerSector, this.#ess, plain, ciphertext);
+    this.#hasher.leaves(firstSector, ciphertext, leaves, at);
+  }
+
+  /**
+   * Checks each sector of `ciphertext` against its expected leaf (expected[i*32..]). Returns the indexes (from 0)
+   * of the sectors that do not match; only if there are none is `ciphertext` decrypted into `plain` (which may be
+   * the same buffer). Nothing unverified is ever decrypted.
+   */
+  open(firstSector: number, ciphertext: Buffer, expected: Buffer, plain: Buffer): number[] {
+    const count = ciphertext.length / TREE_SECTOR_BYTES;
+    const need = count * TREE_HASH_BYTES;
+    if (this.#scratch.length < need) this.#scratch = Buffer.alloc(need);
+    this.#hasher.leaves(firstSector, ciphertext, this.#scratch, 0);
+    const bad: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const at = i * TREE_HASH_BYTES;
+      if (this.#scratch.compare(expected, at, at + TREE_HASH_BYTES, at, at + TREE_HASH_BYTES) !== 0) bad.push(i);
+    }
+    if (bad.length === 0) this.#xts.decryptSectors(firstSector * this.#unitsPerSector, this.#ess, ciphertext, plain);
+    return bad;
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * The monitor's persistent state: one SQLite database (better-sqlite3, synchronous API).
+ *
+ * Durability: journal_mode=WAL with synchronous=FULL. In WAL mode a commit appends to the -wal file, and with
+ * FULL SQLite fsyncs that file before the commit returns, so a committed transaction survives power loss (with
+ * NORMAL it could be lost until the next checkpoint). WAL rather than a rollback journal: one fsync per commit
+ * instead of several, and the database file itself is only rewritten at checkpoints. The file is created 0600
+ * and its directory fsynced once, so the database's own name survives a crash right after creation.
+ *
+ * Schema changes are migrations: append to MIGRATIONS (never edit a released one). Each runs in its own
+ * transaction together with the bump of PRAGMA user_version, so a crash leaves the schema at a known version.
+ * A database newer than this code (user_version beyond the list) is refused rather than misread.
+ *
+ * Tables of the sealed-disk work: the trusted integrity root of every image, and the pending record of a
+ * flush in progress (docs/sealed-disk.md, steps 2 and 5).
+ */
+import { closeSync, fsyncSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'image integrity roots and pending flushes',
+    sql: `
+      CREATE TABLE image_roots (
+        image_id   TEXT PRIMARY KEY CHECK (length(image_id) = 32),
+        root       BLOB NOT NULL CHECK (length(root) = 32),
+        updated_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE pending_flushes (
+        image_id   TEXT PRIMARY KEY REFERENCES image_roots (image_id),
+        old_root   BLOB NOT NULL CHECK (length(old_root) = 32),
+        new_root   BLOB NOT NULL CHECK (length(new_root) = 32),
+        sectors    BLOB NOT NULL CHECK (length(sectors) % 8 = 0),
+        old_leaves BLOB NOT NULL CHECK (length(old_leaves) = 4 * length(sectors)),
+        new_leaves BLOB NOT NULL CHECK (length(new_leaves) = 4 * length(sectors)),
+        created_at INTEGER NOT NULL
+      ) STRICT;
+    `,
+  },
+];
+
+const HASH_BYTES = 32;
+const IMAGE_ID = /^[0-9a-f]{32}$/;
+
+/** A flush between its steps 2 and 5: each listed sector's leaf before and after. */
+export interface PendingFlush {
+  oldRoot: Buffer;
+  newRoot: Buffer;
+  /** Ascending, distinct sector numbers. */
+  sectors: number[];
+  /** 32 bytes per sector, in the order of `sectors`. */
+  oldLeaves: Buffer;
+  newLeaves: Buffer;
+}
+
+export class MonitorDbError extends Error {
+  override readonly name = 'MonitorDbError';
+}
+
+function checkImageId(id: string): void {
+  if (!IMAGE_ID.test(id)) throw new MonitorDbError(`bad image id ${JSON.stringify(id.slice(0, 40))}`);
+}
+
+function checkHash(h: Buffer, what: string): void {
+  if (!Buffer.isBuffer(h) || h.length !== HASH_BYTES) throw new MonitorDbError(`${what} must be ${HASH_BYTES} bytes`);
+}
+
+function encodeSectors(sectors: number[]): Buffer {
+  const b = Buffer.alloc(sectors.length * 8);
+  let prev = -1;
+  sectors.forEach((s, i) => {
+    if (!Number.isSafeInteger(s) || s <= prev) throw new MonitorDbError('pending flush sectors must be ascending, distinct integers');
+    prev = s;
+    b.writeBigUInt64LE(BigInt(s), i * 8);
+  });
+  return b;
+}
+
+function decodeSectors(b: Buffer): number[] {
+  const out: number[] = [];
+  let prev = -1;
+  for (let at = 0; at < b.length; at += 8) {
+    const v = b.readBigUInt64LE(at);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || Number(v) <= prev) throw new MonitorDbError('corrupt pending flush record (sector list)');
+    prev = Number(v);
+    out.push(prev);
+  }
+  return out;
+}
+
+interface PendingRow {
+  old_root: Buffer;
+  new_root: Buffer;
+  sectors: Buffer;
+  old_leaves: Buffer;
+  new_leaves: Buffer;
+}
+
+export class MonitorDb {
+  /** The connection, for other state modules' own tables (added through MIGRATIONS). */
+  readonly sql: Database.Database;
+
+  private constructor(sql: Database.Database) {
+    this.sql = sql;
+  }
+
+  /** Opens (creating if needed, mode 0600) and migrates the database at `path`. */
+  static open(path: string): MonitorDb {
+    // Created here so its mode is 0600 whatever the umask; SQLite gives -wal and -shm the same mode.
+    closeSync(openSync(path, 'a', 0o600));
+    const sql = new Database(path, { timeout: 5000 });
+    try {
+      if (sql.pragma('journal_mode = WAL', { simple: true }) !== 'wal') throw new MonitorDbError(`${path}: cannot use WAL journaling`);
+      sql.pragma('synchronous = FULL');
+      sql.pragma('foreign_keys = ON');
+      migrate(sql, path);
+      syncDir(dirname(path));
+      return new MonitorDb(sql);
+    } catch (err) {
+      sql.close();
+      throw err;
+    }
+  }
+
+  get schemaVersion(): number {
+    return this.sql.pragma('user_version', { simple: true }) as number;
+  }
+
+  close(): void {
+    if (this.sql.open) this.sql.close();
+  }
+
+  /** The trusted integrity root of an image, if this monitor has one. */
+  imageRoot(imageId: string): Buffer | undefined {
+    checkImageId(imageId);
+    const row = this.sql.prepare('SELECT root FROM image_roots WHERE image_id = ?').get(imageId) as { root: Buffer } | undefined;
+    return row?.root;
+  }
+
+  /** Records the first trusted root of an image (from its launch bundle); an image that has one keeps it. */
+  adoptImageRoot(imageId: string, root: Buffer): void {
+    checkImageId(imageId);
+    checkHash(root, 'root');
+    const r = this.sql.prepare('INSERT INTO image_roots (image_id, root, updated_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING').run(imageId, root, Date.now());
+    if (r.changes === 0) throw new MonitorDbError(`image ${imageId} already has a root`);
+  }
+
+  pendingFlush(imageId: string): PendingFlush | undefined {
+    checkImageId(imageId);
+    const row = this.sql
+      .prepare('SELECT old_root, new_root, sectors, old_leaves, new_leaves FROM pending_flushes WHERE image_id = ?')
+      .get(imageId) as PendingRow | undefined;
+    if (!row) return undefined;
+    return { oldRoot: row.old_root, newRoot: row.new_root, sectors: decodeSectors(row.sectors), oldLeaves: row.old_leaves, newLeaves: row.new_leaves };
+  }
+
+  /** Flush step 2: the image's root must be `p.oldRoot` and no other flush may be pending. */
+  recordPendingFlush(imageId: string, p: PendingFlush): void {
+    checkImageId(imageId);
+    checkHash(p.oldRoot, 'old root');
+    checkHash(p.newRoot, 'new root');
+    const sectors = encodeSectors(p.sectors);
+    if (p.oldLeaves.length !== p.sectors.length * HASH_BYTES || p.newLeaves.length !== p.sectors.length * HASH_BYTES) {
+      throw new MonitorDbError('pending flush: one 32-byte old and new leaf per sector expected');
+    }
+    this.sql.transaction(() => {
+      this.#expectRoot(imageId, p.oldRoot);
+      if (this.sql.prepare('SELECT 1 FROM pending_flushes WHERE image_id = ?').get(imageId)) {
+        throw new MonitorDbError(`image ${imageId} already has a pending flush`);
+      }
+      this.sql
+        .prepare('INSERT INTO pending_flushes (image_id, old_root, new_root, sectors, old_leaves, new_leaves, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(imageId, p.oldRoot, p.newRoot, sectors, p.oldLeaves, p.newLeaves, Date.now());
+    })();
+  }
+
+  /**
+   * Flush step 5 (and the end of crash recovery): in one transaction, the root moves from `oldRoot` to `newRoot`
+   * and the pending record goes away.
+   */
+  commitFlush(imageId: string, oldRoot: Buffer, newRoot: Buffer): void {
+    checkImageId(imageId);
+    checkHash(newRoot, 'new root');
+    this.sql.transaction(() => {
+      this.#expectRoot(imageId, oldRoot);
+      if (this.sql.prepare('DELETE FROM pending_flushes WHERE image_id = ?').run(imageId).changes !== 1) {
+        throw new MonitorDbError(`image ${imageId} has no pending flush to commit`);
+      }
+      this.sql.prepare('UPDATE image_roots SET root = ?, updated_at = ? WHERE image_id = ?').run(newRoot, Date.now(), imageId);
+    })();
+  }
+
+  #expectRoot(imageId: string, root: Buffer): void {
+    const current = this.imageRoot(imageId);
+    if (!current) throw new MonitorDbError(`image ${imageId} has no root`);
+    if (!current.equals(root)) throw new MonitorDbError(`image ${imageId}: root is not the one this flush started from`);
+  }
+}
+
+function migrate(sql: Database.Database, path: string): void {
+  const current = sql.pragma('user_version', { simple: true }) as number;
+  MIGRATIONS.forEach((m, i) => {
+    if (m.version !== i + 1) throw new MonitorDbError(`migration "${m.name}" has version ${m.version}, expected ${i + 1}`);
+  });
+  const latest = MIGRATIONS.length;
+  if (current > latest) throw new MonitorDbError(`${path}: schema version ${current} is newer than this monitor (${latest})`);
+  for (const m of MIGRATIONS) {
+    if (m.version <= current) continue;
+    sql.transaction(() => {
+      sql.exec(m.sql);
+      sql.pragma(`user_version = ${m.version}`);
+    })();
+  }
+}
+
+function syncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
