@@ -46,6 +46,8 @@ export interface SealImageOptions {
   /** Sees every chunk of ciphertext in order, e.g. to build an integrity tree in the same pass. The buffer is
    *  reused for later chunks: copy what must outlive the call. */
   onCiphertext?(firstSector: number, ciphertext: Buffer): void | Promise<void>;
+  /** Called once the volume key exists and before any ciphertext, e.g. to set up that integrity tree. */
+  onStart?(info: { volumeKey: Buffer; sectors: number }): void | Promise<void>;
 }
 
 export interface SealedImage {
@@ -74,6 +76,7 @@ export async function sealImage(opts: SealImageOptions): Promise<SealedImage> {
     const sectors = Math.ceil(total / SEAL_SECTOR_SIZE);
 
     volumeKey = freshVolumeKey();
+    await opts.onStart?.({ volumeKey, sectors });
     const digestSalt = randomBytes(SALT_BYTES);
     const uuid = randomUUID();
     const region = buildLuks2HeaderRegion({

@@ -1,10 +1,10 @@
 /** The tenant's side of sealed commands: seal {vmId, counter, op} and open the sealed result. */
 import { AeadError, open, seal } from '../crypto/aead.ts';
-import { deriveVmKey } from '../crypto/keys.ts';
 import { COMMAND_AAD, decodeCommandResult, encodeCommand, RESULT_AAD, type CommandResultBody, type VmOp } from '../formats/protocol/command.ts';
 
-export function sealCommand(volumeKey: Buffer, vmId: string, counter: number, op: VmOp): Buffer {
-  return seal(deriveVmKey(volumeKey, 'command'), encodeCommand({ vmId, counter, op, args: {} }), COMMAND_AAD);
+/** `commandKey` is the VM key schedule's `command` key (the tenant keeps it, not the volume key). */
+export function sealCommand(commandKey: Buffer, vmId: string, counter: number, op: VmOp): Buffer {
+  return seal(commandKey, encodeCommand({ vmId, counter, op, args: {} }), COMMAND_AAD);
 }
 
 export class CommandResultError extends Error {
@@ -12,10 +12,10 @@ export class CommandResultError extends Error {
 }
 
 /** Opens a sealed result and checks it answers exactly this command (so an old result cannot stand in). */
-export function openCommandResult(volumeKey: Buffer, sealed: Uint8Array, expected: { vmId: string; counter: number; op: VmOp }): CommandResultBody {
+export function openCommandResult(commandKey: Buffer, sealed: Uint8Array, expected: { vmId: string; counter: number; op: VmOp }): CommandResultBody {
   let plaintext: Buffer;
   try {
-    plaintext = open(deriveVmKey(volumeKey, 'command'), sealed, RESULT_AAD);
+    plaintext = open(commandKey, sealed, RESULT_AAD);
   } catch (err) {
     if (err instanceof AeadError) throw new CommandResultError(`result is not sealed by this VM's monitor (${err.code})`);
     throw err;

@@ -38,6 +38,16 @@ const vmRecordSchema = z.strictObject({
   launchedAt: isoTime,
   /** The last sealed-command counter used; the next command uses a larger one. */
   commandCounter: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  /** Where the VM's management plane listens; sealed commands go through it. */
+  mgmtUrl: z.url({ protocol: /^https?$/ }),
+  /** The image's name in the management plane's storage (for a relaunch). */
+  image: z.string().max(64),
+  /**
+   * The VM's command and console keys (base64 of 32 bytes), derived from the volume key at launch.
+   * The volume key itself is not kept: these keys can manage the VM but not read its disk.
+   */
+  commandKey: z.base64().length(44),
+  consoleKey: z.base64().length(44),
 });
 
 const tenantStateSchema = z

@@ -45,3 +45,12 @@ export function deriveVmKey(vk: Uint8Array, label: VmKeyLabel): Buffer {
   }
   return hkdfSha256(vk, Buffer.from(VM_KEY_SALT, 'ascii'), Buffer.from(vmKeyInfo(label), 'ascii'), VM_KEY_BYTES);
 }
+
+/** HKDF info of a console session key; both ends contribute a nonce (the salt). */
+export const CONSOLE_SESSION_INFO = 'vmseal/v1/console-session';
+
+/** One sealed-console session's key: fresh whenever either side's nonce is. */
+export function deriveConsoleSessionKey(consoleKey: Uint8Array, tenantNonce: Uint8Array, monitorNonce: Uint8Array): Buffer {
+  if (consoleKey.length !== VM_KEY_BYTES) throw new RangeError(`console key must be ${VM_KEY_BYTES} bytes`);
+  return hkdfSha256(consoleKey, Buffer.concat([tenantNonce, monitorNonce]), Buffer.from(CONSOLE_SESSION_INFO, 'ascii'), VM_KEY_BYTES);
+}

@@ -109,7 +109,16 @@ test('updateTenantState serialises concurrent updates and never writes an invali
   const ca = await createCa({ commonName: 'test CA' });
   await createTenantState(dir, { authorityUrl: AUTHORITY_URL, caCertificatePem: ca.certPem });
   await updateTenantState(dir, (s) => {
-    s.vms['web'] = { vmId: '0123456789abcdef0123456789abcdef', hostId: 'host-a', launchedAt: new Date().toISOString(), commandCounter: 0 };
+    s.vms['web'] = {
+      vmId: '0123456789abcdef0123456789abcdef',
+      hostId: 'host-a',
+      launchedAt: new Date().toISOString(),
+      commandCounter: 0,
+      mgmtUrl: 'http://127.0.0.1:7000/',
+      image: 'web',
+      commandKey: Buffer.alloc(32, 1).toString('base64'),
+      consoleKey: Buffer.alloc(32, 2).toString('base64'),
+    };
   });
   // Twenty read-modify-writes at once: with the lock, none is lost.
   await Promise.all(

@@ -95,12 +95,13 @@ test('sealed commands: executed once, refused when redirected or replayed, count
   db.pragma('synchronous = FULL');
   let counters = new VmCounters(db);
   const vk = f.volumeKey;
+  const ck = deriveVmKey(vk, 'command');
   const tenantVm = { vmId: newVmId().toString('hex'), commandKey: deriveVmKey(vk, 'command') };
   // Same image launched twice (same key), and a decoy the management plane launched with its own key.
   const twin = { vmId: newVmId().toString('hex'), commandKey: deriveVmKey(vk, 'command') };
   const decoy = { vmId: newVmId().toString('hex'), commandKey: deriveVmKey(randomBytes(64), 'command') };
 
-  const c1 = sealCommand(vk, tenantVm.vmId, 1, 'pause');
+  const c1 = sealCommand(ck, tenantVm.vmId, 1, 'pause');
   assert.throws(() => openCommand(counters, decoy, c1), refused('REDIRECT'), 'to a decoy with another key');
   assert.throws(() => openCommand(counters, twin, c1), refused('REDIRECT'), 'to another VM with the same key');
   const body = openCommand(counters, tenantVm, c1);
@@ -108,20 +109,20 @@ test('sealed commands: executed once, refused when redirected or replayed, count
   assert.throws(() => openCommand(counters, tenantVm, c1), refused('REPLAY'), 'the same blob again');
 
   const result = sealCommandResult(tenantVm.commandKey, { vmId: tenantVm.vmId, counter: 1, op: 'pause', ok: true, state: 'paused' });
-  assert.equal(openCommandResult(vk, result, { vmId: tenantVm.vmId, counter: 1, op: 'pause' }).state, 'paused');
+  assert.equal(openCommandResult(ck, result, { vmId: tenantVm.vmId, counter: 1, op: 'pause' }).state, 'paused');
   // An old result handed back for a newer command, or a result from the decoy, is refused by the tenant.
-  assert.throws(() => openCommandResult(vk, result, { vmId: tenantVm.vmId, counter: 2, op: 'resume' }), CommandResultError);
+  assert.throws(() => openCommandResult(ck, result, { vmId: tenantVm.vmId, counter: 2, op: 'resume' }), CommandResultError);
   const decoyResult = sealCommandResult(decoy.commandKey, { vmId: tenantVm.vmId, counter: 1, op: 'pause', ok: true, state: 'paused' });
-  assert.throws(() => openCommandResult(vk, decoyResult, { vmId: tenantVm.vmId, counter: 1, op: 'pause' }), CommandResultError);
+  assert.throws(() => openCommandResult(ck, decoyResult, { vmId: tenantVm.vmId, counter: 1, op: 'pause' }), CommandResultError);
 
-  openCommand(counters, tenantVm, sealCommand(vk, tenantVm.vmId, 5, 'resume'));
+  openCommand(counters, tenantVm, sealCommand(ck, tenantVm.vmId, 5, 'resume'));
   db.close();
   db = new Database(dbPath);
   counters = new VmCounters(db);
   t.after(() => db.close());
-  assert.throws(() => openCommand(counters, tenantVm, sealCommand(vk, tenantVm.vmId, 4, 'status')), refused('REPLAY'), 'after a monitor restart');
-  assert.equal(openCommand(counters, tenantVm, sealCommand(vk, tenantVm.vmId, 6, 'status')).op, 'status');
-  const tampered = sealCommand(vk, tenantVm.vmId, 7, 'status');
+  assert.throws(() => openCommand(counters, tenantVm, sealCommand(ck, tenantVm.vmId, 4, 'status')), refused('REPLAY'), 'after a monitor restart');
+  assert.equal(openCommand(counters, tenantVm, sealCommand(ck, tenantVm.vmId, 6, 'status')).op, 'status');
+  const tampered = sealCommand(ck, tenantVm.vmId, 7, 'status');
   tampered[20]! ^= 0x40;
   assert.throws(() => openCommand(counters, tenantVm, tampered), refused('REDIRECT'));
 });

@@ -9,7 +9,7 @@ export function base64Bytes(bytes: number) {
     .string()
     .length(chars)
     .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64')
-    .transform((s, ctx) => {
+    .transform((s, ctx): Buffer => {
       const b = Buffer.from(s, 'base64');
       if (b.length !== bytes || b.toString('base64') !== s) {
         ctx.addIssue({ code: 'custom', message: `must be base64 of exactly ${bytes} bytes` });

@@ -1,0 +1,103 @@
+/**
+ * `vmseal vm launch`: the tenant's whole launch. Unlock the image locally, rebuild its integrity
+ * sidecar, upload image, sidecar and boot files through the management plane, verify the host
+ * certificate it relays against the pinned CA, seal the bundle to that host, launch, and keep the
+ * VM only if the identity proof checks out.
+ */
+import { z } from 'zod';
+import { deriveVmKey } from '../crypto/keys.ts';
+import { launchResponseSchema } from '../formats/protocol/monitor-api.ts';
+import { buildSidecarForImage, sidecarPathFor } from './integrity-sidecar-writer.ts';
+import { openImage } from './image-import.ts';
+import { MgmtClient } from './mgmt-client.ts';
+import { sealLaunchBundle, sha256File, verifyIdentityProof } from './sealed-launch.ts';
+import { loadTenantState, updateTenantState, verifyHostForTenant } from './tenant-state.ts';
+
+export interface VmLaunchInput {
+  tenantDir: string;
+  mgmtUrl: string;
+  name: string;
+  imagePath: string;
+  passphrase: Buffer;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  /** IDS measurements allowed to introspect the VM (none by default). */
+  idsMeasurements?: string[];
+  onProgress?: (msg: string) => void;
+}
+
+export interface LaunchedVm {
+  name: string;
+  vmId: string;
+  hostId: string;
+}
+
+const hostReplySchema = z.object({ hostId: z.string(), certificate: z.string().max(16_384) });
+
+export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
+  const say = input.onProgress ?? (() => undefined);
+  const state = await loadTenantState(input.tenantDir);
+  if (state.vms[input.name]) throw new Error(`the tenant already has a VM named ${input.name} (vmId ${state.vms[input.name]!.vmId})`);
+
+  say(`unlocking ${input.imagePath}`);
+  const image = await openImage({ path: input.imagePath, passphrase: input.passphrase });
+  if (image.sectorSize !== 4096) throw new Error(`${input.imagePath} uses ${image.sectorSize}-byte sectors; vmseal launches images with 4096-byte sectors (re-seal it with vmseal image seal)`);
+  say('computing the integrity tree over the ciphertext');
+  const sidecar = await buildSidecarForImage(input.imagePath, image.volumeKey, image.payloadOffset, { sidecarPath: sidecarPathFor(input.imagePath), overwrite: true });
+
+  const mgmt = new MgmtClient(input.mgmtUrl);
+  const hostReply = hostReplySchema.parse(await mgmt.getHost());
+  // The certificate came through the management plane: trusted only after it chains to the pinned CA.
+  const host = await verifyHostForTenant(input.tenantDir, hostReply.certificate);
+  say(`host ${host.hostId}: certificate verified against the pinned CA`);
+
+  const [kernelSha256, initrdSha256] = await Promise.all([sha256File(input.kernel), sha256File(input.initrd)]);
+  const upload = async (kind: 'image' | 'sidecar' | 'kernel' | 'initrd', name: string, file: string) => {
+    let last = -1;
+    await mgmt.upload(kind, name, file, (done, total) => {
+      const pct = Math.floor((100 * done) / Math.max(total, 1));
+      if (pct >= last + 25 || done === total) {
+        last = pct;
+        say(`uploading ${kind} ${name}: ${pct}%`);
+      }
+    });
+  };
+  const kernelName = `k-${kernelSha256.slice(0, 32)}`;
+  const initrdName = `i-${initrdSha256.slice(0, 32)}`;
+  await upload('image', input.name, input.imagePath);
+  await upload('sidecar', input.name, sidecar.sidecarPath);
+  await upload('kernel', kernelName, input.kernel);
+  await upload('initrd', initrdName, input.initrd);
+
+  const { sealed, launchNonce } = await sealLaunchBundle({
+    hostId: host.hostId,
+    hostPublicKey: host.hpkePublicKey,
+    name: input.name,
+    volumeKey: image.volumeKey,
+    kernelSha256,
+    initrdSha256,
+    cmdline: input.cmdline,
+    disk: { payloadOffset: image.payloadOffset, sectorSize: 4096, sectors: sidecar.sectors, integrityRoot: sidecar.root.toString('hex') },
+    policy: { idsMeasurements: input.idsMeasurements ?? [] },
+  });
+  say('launching (bundle sealed to the host key)');
+  const reply = launchResponseSchema.parse(await mgmt.launch({ bundle: sealed.toString('base64'), image: input.name, kernel: kernelName, initrd: initrdName }));
+  const vmId = verifyIdentityProof(image.volumeKey, Buffer.from(reply.identityProof, 'base64'), { launchNonce, hostId: host.hostId });
+  if (vmId !== reply.vmId) throw new Error(`the management plane names the VM ${reply.vmId}, the monitor's proof says ${vmId}`);
+  say(`identity proof verified: VM ${vmId} on ${host.hostId}`);
+
+  await updateTenantState(input.tenantDir, (s) => {
+    s.vms[input.name] = {
+      vmId,
+      hostId: host.hostId,
+      launchedAt: new Date().toISOString(),
+      commandCounter: 0,
+      mgmtUrl: input.mgmtUrl,
+      image: input.name,
+      commandKey: deriveVmKey(image.volumeKey, 'command').toString('base64'),
+      consoleKey: deriveVmKey(image.volumeKey, 'console').toString('base64'),
+    };
+  });
+  return { name: input.name, vmId, hostId: host.hostId };
+}

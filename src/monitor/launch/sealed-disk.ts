@@ -1,0 +1,34 @@
+/** How the monitor opens a launch's disk: the sealed backend, with the bundle's key and root. */
+import { SealedDiskError, type SealedDiskAlert } from '../disk/sealed-alerts.ts';
+import { SealedBackend } from '../disk/sealed-backend.ts';
+import { RefusalError } from '../identity/refusal.ts';
+import type { OpenSealedDisk } from '../monitor.ts';
+import type { MonitorDb } from '../state/monitor-db.ts';
+
+function describe(a: SealedDiskAlert): string {
+  return a.kind === 'TAMPER' ? `${a.image}: sectors ${a.sector}..${a.sector + a.sectors - 1}: ${a.reason}` : `${a.image}: ${a.reason}`;
+}
+
+export function sealedDiskOpener(db: MonitorDb): OpenSealedDisk {
+  return async (req) => {
+    const { disk } = req.bundle;
+    const backend = await SealedBackend.open({
+      imagePath: req.imagePath,
+      sidecarPath: req.sidecarPath,
+      payloadOffset: disk.payloadOffset,
+      volumeKey: req.bundle.volumeKey,
+      bundleRoot: Buffer.from(disk.integrityRoot, 'hex'),
+      db,
+      onAlert: (a) => req.onAlert(a.kind, describe(a)),
+    }).catch((err: unknown) => {
+      // Image or sidecar that do not verify against the trusted root: swapped, rolled back or altered.
+      if (err instanceof SealedDiskError && err.reason === 'TAMPER') throw new RefusalError('TAMPER', err.message);
+      throw err;
+    });
+    if (backend.size !== disk.sectors * disk.sectorSize) {
+      await backend.close();
+      throw new RefusalError('TAMPER', `the image holds ${backend.size / disk.sectorSize} sectors, the tenant sealed ${disk.sectors}`);
+    }
+    return backend;
+  };
+}

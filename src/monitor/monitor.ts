@@ -1,0 +1,252 @@
+/**
+ * The monitor's core: launches VMs from sealed bundles, holds their keys, gates sealed commands and
+ * keeps the alert log. It is driven only through monitor/api; everything it is handed by the
+ * management plane (bundle, file paths, command blobs) is treated as hostile.
+ */
+import { rm } from 'node:fs/promises';
+import type Database from 'better-sqlite3';
+import type { VmOp } from '../formats/protocol/command.ts';
+import type { LaunchBundle } from '../formats/protocol/launch-bundle.ts';
+import type { BlockBackend } from './disk/backend.ts';
+import { openCommand, sealCommandResult } from './identity/command-gate.ts';
+import { newVmId, sealIdentityProof } from './identity/identity-proof.ts';
+import { RefusalError } from './identity/refusal.ts';
+import { deriveVmKeys, type VmKeys } from './identity/vm-keys.ts';
+import { ConsoleSession } from './identity/console-session.ts';
+import { openLaunchBundle, takeBootFiles, type HostIdentity } from './launch/bundle-open.ts';
+import { DiskLaunch } from './launch/disk-launch.ts';
+import { AlertLog, type AlertKind } from './state/alerts.ts';
+import { VmCounters } from './state/vm-counters.ts';
+import { createRunDir } from './vm/run-dir.ts';
+import type { SerialConsole } from './vm/serial-console.ts';
+
+export interface SealedDiskRequest {
+  imagePath: string;
+  sidecarPath: string;
+  bundle: LaunchBundle;
+  keys: VmKeys;
+  /** Integrity failures, a bad boot sector, a failed flush; the monitor logs them and stops the VM on BAD_KEY_OR_DISK. */
+  onAlert(kind: Extract<AlertKind, 'TAMPER' | 'BAD_KEY_OR_DISK' | 'DISK_FAILURE'>, detail: string): void;
+}
+
+export type OpenSealedDisk = (req: SealedDiskRequest) => Promise<BlockBackend>;
+
+export interface MonitorOptions {
+  host: HostIdentity & { certificatePem: string };
+  db: Database.Database;
+  openSealedDisk: OpenSealedDisk;
+  accel?: 'tcg' | 'kvm' | 'auto';
+  memoryMiB?: number;
+  runDirBase?: string;
+}
+
+export interface LaunchRequest {
+  bundle: Buffer;
+  image: string;
+  sidecar: string;
+  kernel: string;
+  initrd: string;
+}
+
+interface RunningVm {
+  vmId: string;
+  keys: VmKeys;
+  launch: DiskLaunch;
+  bootDir: string;
+  exited: boolean;
+  consoles: Map<string, ConsoleSession>;
+}
+
+/** Console sessions per VM; opening one more closes the oldest. */
+const MAX_CONSOLE_SESSIONS = 4;
+
+export class UnknownVmError extends Error {
+  override name = 'UnknownVmError';
+}
+
+export class Monitor {
+  readonly alerts: AlertLog;
+  readonly #counters: VmCounters;
+  readonly #vms = new Map<string, RunningVm>();
+
+  constructor(private readonly opts: MonitorOptions) {
+    this.alerts = new AlertLog(opts.db);
+    this.#counters = new VmCounters(opts.db);
+  }
+
+  get hostId(): string {
+    return this.opts.host.hostId;
+  }
+
+  get certificatePem(): string {
+    return this.opts.host.certificatePem;
+  }
+
+  /** Refusals are logged before they are answered. */
+  #refused(err: unknown, vmId: string | null): never {
+    if (err instanceof RefusalError) this.alerts.raise(err.code, vmId, err.message);
+    throw err;
+  }
+
+  async launch(req: LaunchRequest): Promise<{ vmId: string; identityProof: Buffer }> {
+    const bundle = await openLaunchBundle(this.opts.host, req.bundle).catch((e: unknown) => this.#refused(e, null));
+    const vmId = newVmId().toString('hex');
+    const bootDir = await createRunDir(this.opts.runDirBase);
+    try {
+      const boot = await takeBootFiles(bundle, req, bootDir).catch((e: unknown) => this.#refused(e, vmId));
+      const keys = deriveVmKeys(bundle.volumeKey);
+      let launch: DiskLaunch | undefined;
+      let badDisk = false;
+      const onAlert: SealedDiskRequest['onAlert'] = (kind, detail) => {
+        this.alerts.raise(kind, vmId, detail);
+        if (kind === 'BAD_KEY_OR_DISK') {
+          badDisk = true;
+          void launch?.stop(1000);
+        }
+      };
+      const backend = await this.opts
+        .openSealedDisk({ imagePath: req.image, sidecarPath: req.sidecar, bundle, keys, onAlert })
+        .catch((e: unknown) => this.#refused(e, vmId));
+      launch = await DiskLaunch.start(backend, {
+        kernel: boot.kernel,
+        initrd: boot.initrd,
+        cmdline: bundle.cmdline,
+        accel: this.opts.accel ?? 'tcg',
+        memoryMiB: this.opts.memoryMiB ?? 512,
+        ...(this.opts.runDirBase ? { runDirBase: this.opts.runDirBase } : {}),
+      });
+      if (badDisk) void launch.stop(1000);
+      const vm: RunningVm = { vmId, keys, launch, bootDir, exited: false, consoles: new Map() };
+      this.#vms.set(vmId, vm);
+      void launch.vm.waitForExit(2 ** 31 - 1).then(async () => {
+        vm.exited = true;
+        for (const c of vm.consoles.values()) c.close();
+        await launch.stop();
+        await rm(bootDir, { recursive: true, force: true });
+      }, () => undefined);
+      return { vmId, identityProof: sealIdentityProof(keys.identity, Buffer.from(vmId, 'hex'), bundle.launchNonce, this.hostId) };
+    } catch (err) {
+      await rm(bootDir, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  async command(vmId: string, sealed: Buffer): Promise<Buffer> {
+    const vm = this.#vms.get(vmId);
+    if (!vm) throw new UnknownVmError(`no VM ${vmId} on this host`);
+    let body;
+    try {
+      body = openCommand(this.#counters, { vmId, commandKey: vm.keys.command }, sealed);
+    } catch (err) {
+      this.#refused(err, vmId);
+    }
+    let error: string | undefined;
+    try {
+      await this.#execute(vm, body.op);
+    } catch (err) {
+      error = err instanceof Error ? err.message : String(err);
+    }
+    const state = await this.#state(vm);
+    return sealCommandResult(vm.keys.command, { vmId, counter: body.counter, op: body.op, ok: error === undefined, state, ...(error ? { error } : {}) });
+  }
+
+  async #execute(vm: RunningVm, op: VmOp): Promise<void> {
+    if (vm.exited && op !== 'status') throw new Error('the VM has shut down');
+    const q = vm.launch.vm;
+    switch (op) {
+      case 'pause':
+        return q.pause();
+      case 'resume':
+        return q.resume();
+      case 'shutdown':
+        return q.powerdown();
+      case 'poweroff':
+        vm.exited = true;
+        return vm.launch.stop(2000);
+      case 'reboot':
+        return q.reset();
+      case 'status':
+        return;
+    }
+  }
+
+  async #state(vm: RunningVm): Promise<string> {
+    if (vm.exited) return 'shutdown';
+    try {
+      return (await vm.launch.vm.status()).status;
+    } catch {
+      return 'shutdown';
+    }
+  }
+
+  #vm(vmId: string): RunningVm {
+    const vm = this.#vms.get(vmId);
+    if (!vm) throw new UnknownVmError(`no VM ${vmId} on this host`);
+    return vm;
+  }
+
+  /** The VM's serial console inside the monitor (tenants reach it only through sealed sessions). */
+  console(vmId: string): SerialConsole {
+    return this.#vm(vmId).launch.vm.console;
+  }
+
+  /** Starts a sealed console session; returns its id (the monitor's nonce). */
+  openConsole(vmId: string, tenantNonce: Buffer): string {
+    const vm = this.#vm(vmId);
+    if (vm.exited) throw new Error('the VM has shut down');
+    const session = new ConsoleSession(vm.keys.console, tenantNonce, vm.launch.vm.console);
+    vm.consoles.set(session.sessionId, session);
+    for (const [id, old] of vm.consoles) {
+      if (vm.consoles.size <= MAX_CONSOLE_SESSIONS) break;
+      old.close();
+      vm.consoles.delete(id);
+    }
+    return session.sessionId;
+  }
+
+  #session(vmId: string, sessionId: string): ConsoleSession {
+    const s = this.#vm(vmId).consoles.get(sessionId);
+    if (!s) throw new UnknownVmError(`no console session ${sessionId} on VM ${vmId}`);
+    return s;
+  }
+
+  /** Sealed output frames after `after`, waiting up to `waitMs` for the first one. */
+  async consoleFrames(vmId: string, sessionId: string, after: number, waitMs: number): Promise<Array<{ seq: number; frame: Buffer }>> {
+    const s = this.#session(vmId, sessionId);
+    let frames = s.framesAfter(after);
+    if (frames.length === 0 && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          s.off('frames', done);
+          resolve();
+        };
+        const timer = setTimeout(done, waitMs);
+        s.on('frames', done);
+      });
+      frames = s.framesAfter(after);
+    }
+    return frames;
+  }
+
+  consoleInput(vmId: string, sessionId: string, frame: Buffer): void {
+    try {
+      this.#session(vmId, sessionId).input(frame);
+    } catch (err) {
+      this.#refused(err, vmId);
+    }
+  }
+
+  async list(): Promise<Array<{ vmId: string; state: string }>> {
+    return Promise.all([...this.#vms.values()].map(async (vm) => ({ vmId: vm.vmId, state: await this.#state(vm) })));
+  }
+
+  /** Stops every VM (QEMU, export, private files). */
+  async close(): Promise<void> {
+    await Promise.all([...this.#vms.values()].map(async (vm) => {
+      await vm.launch.stop(2000);
+      await rm(vm.bootDir, { recursive: true, force: true });
+    }));
+    this.#vms.clear();
+  }
+}
