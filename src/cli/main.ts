@@ -6,6 +6,9 @@ import { registerHostCommands } from './commands/host.ts';
 import { registerPartyPlaceholders } from './commands/parties.ts';
 import { registerDemoCommand } from './commands/demo.ts';
 import { registerTenantCommands } from './commands/tenant.ts';
+import { registerMgmtCommands } from './commands/mgmt.ts';
+import { registerImageCommands } from './commands/image.ts';
+import { registerVmCommands } from './commands/vm.ts';
 
 const program = new Command()
   .name('vmseal')
@@ -18,7 +21,10 @@ const program = new Command()
 
 registerHostCommands(program);
 registerTenantCommands(program);
+registerMgmtCommands(program);
 registerAuthorityCommands(program);
+registerImageCommands(program);
+registerVmCommands(program);
 registerPartyPlaceholders(program);
 registerDiskCommands(program);
 registerGuestCommands(program);

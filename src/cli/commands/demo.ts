@@ -1,14 +1,30 @@
 import type { Command } from 'commander';
+import { buildGuest } from '../../guest/build.ts';
 import { runFoundationDemo } from '../demo/foundation.ts';
+import { runSealedDemo } from '../demo/sealed.ts';
 
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .description('the end-to-end demo: boot a real Debian guest from vmseal\'s NBD export and exercise it; prints a summary')
+    .description('the end-to-end demo: a real Debian guest on vmseal\'s disk path, then sealed launch, identity and commands; prints a summary')
     .option('--accel <tcg|kvm|auto>', 'accelerator (KVM only after a probe shows it runs guest code)', 'tcg')
     .action(async (opts: { accel: string }) => {
       if (opts.accel !== 'tcg' && opts.accel !== 'kvm' && opts.accel !== 'auto') throw new Error(`--accel must be tcg, kvm or auto, not ${opts.accel}`);
-      const summary = await runFoundationDemo({ accel: opts.accel, log: (m) => process.stderr.write(`demo: ${m}\n`) });
-      process.stdout.write(`${summary}\n`);
+      const accel = opts.accel;
+      const log = (m: string) => process.stderr.write(`demo: ${m}\n`);
+      log('building or finding the demo guest');
+      const guest = await buildGuest({ onProgress: (m) => log(`guest: ${m}`) });
+      const plain = await runFoundationDemo({ guest, accel, log });
+      const sealed = await runSealedDemo({ guest, accel, log });
+      const section = (title: string, lines: string[]) => [title, ...lines.map((l) => `  ${l}`)];
+      process.stdout.write(
+        [
+          '',
+          `vmseal demo — Debian ${guest.kernelVersion} under QEMU (${accel})`,
+          ...section('1. the disk path: a real guest on vmseal\'s own NBD export', plain),
+          ...section('2. sealed launch, VM identity and sealed commands through an untrusted management plane', sealed),
+          '',
+        ].join('\n'),
+      );
     });
 }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { buildGuest } from '../../guest/build.ts';
 import { GUEST_READY_MARKER } from '../../guest/contract.ts';
-import { createBuildProgress } from '../../guest/progress.ts';
+import { createProgress } from '../progress.ts';
 
 /** `vmseal guest build`: the demo guest (Debian cloud kernel, busybox initramfs and disk), cached. */
 export function registerGuestCommands(program: Command): void {
@@ -12,7 +12,7 @@ export function registerGuestCommands(program: Command): void {
     .option('--json', 'print {"kernel","initrd","disk","cmdline","kernelVersion"} as the last line of stdout')
     .option('--force', 'rebuild everything even if cached')
     .action(async (opts: { json?: boolean; force?: boolean }) => {
-      const progress = createBuildProgress(process.stderr, 'guest: ');
+      const progress = createProgress(process.stderr, 'guest: ');
       try {
         const built = await buildGuest({ force: opts.force ?? false, onProgress: progress.onProgress, onTransfer: progress.onTransfer });
         if (opts.json) {

@@ -2,6 +2,13 @@ import type { Command } from 'commander';
 import { buildGuest } from '../../guest/build.ts';
 import { PlainLaunch, type DiskLaunch } from '../../monitor/launch/disk-launch.ts';
 import { registerHostInit } from './host-init.ts';
+import path from 'node:path';
+import { startMonitorApi } from '../../monitor/api/server.ts';
+import { sealedDiskOpener } from '../../monitor/launch/sealed-disk.ts';
+import { Monitor } from '../../monitor/monitor.ts';
+import { loadHostKeys } from '../../monitor/state/host-keys.ts';
+import { MonitorDb } from '../../monitor/state/monitor-db.ts';
+import { registerCleanup } from '../../monitor/vm/cleanup.ts';
 
 const DETACH_KEY = 0x1d; // Ctrl-]
 const POWERDOWN_WAIT_MS = 60_000;
@@ -22,6 +29,38 @@ interface BootOptions {
 export function registerHostCommands(program: Command): void {
   const host = program.command('host').description('the trusted monitor on a cloud host: owns QEMU, disks and keys');
   registerHostInit(host);
+  host
+    .command('run')
+    .description('run the monitor: serve its API on a unix socket for the management plane, launch sealed VMs')
+    .requiredOption('--dir <dir>', 'host state directory (vmseal host init)')
+    .requiredOption('--storage <dir>', "the management plane's storage: launch files must lie inside it")
+    .option('--socket <path>', 'API socket (default DIR/monitor.sock)')
+    .option('--accel <tcg|kvm|auto>', 'accelerator for the VMs', 'tcg')
+    .option('--memory <MiB>', 'RAM per VM', '512')
+    .action(async (opts: { dir: string; storage: string; socket?: string; accel: string; memory: string }) => {
+      if (opts.accel !== 'tcg' && opts.accel !== 'kvm' && opts.accel !== 'auto') throw new Error(`--accel must be tcg, kvm or auto, not ${opts.accel}`);
+      const memoryMiB = Number(opts.memory);
+      if (!Number.isInteger(memoryMiB) || memoryMiB < 64) throw new Error(`--memory must be a whole number of MiB >= 64, not ${opts.memory}`);
+      const keys = await loadHostKeys(opts.dir);
+      if (!keys.certificatePem) throw new Error(`host ${keys.hostId} has no certificate yet; enroll it with vmseal host init`);
+      const db = MonitorDb.open(path.join(opts.dir, 'monitor.db'));
+      const monitor = new Monitor({
+        host: { hostId: keys.hostId, privateKey: keys.privateKey, certificatePem: keys.certificatePem },
+        db: db.sql,
+        openSealedDisk: sealedDiskOpener(db),
+        accel: opts.accel,
+        memoryMiB,
+      });
+      const socketPath = path.resolve(opts.socket ?? path.join(opts.dir, 'monitor.sock'));
+      const api = await startMonitorApi({ monitor, socketPath, storageDir: opts.storage });
+      registerCleanup(async () => {
+        await api.close();
+        await monitor.close();
+        db.close();
+      });
+      process.stdout.write(`monitor for host ${keys.hostId} listening on ${socketPath}\n`);
+      await new Promise(() => undefined); // runs until SIGINT/SIGTERM, which run the cleanups and exit
+    });
   host
     .command('boot')
     .description('boot a VM from a raw disk served by vmseal\'s NBD server; the serial console is this terminal (Ctrl-] powers down)')

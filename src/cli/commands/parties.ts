@@ -5,7 +5,6 @@ import type { Command } from 'commander';
  * shape is stable; running one says plainly which capability is missing instead of pretending.
  */
 const PENDING: Array<{ name: string; summary: string; arrives: string }> = [
-  { name: 'mgmt', summary: 'the untrusted management plane: image storage, relays sealed blobs', arrives: 'sealed launch and sealed commands (issue #3)' },
   { name: 'ids', summary: 'the offloaded intrusion detector and its kernel profiles', arrives: 'secure offloaded monitoring (issue #4)' },
 ];
 

@@ -5,7 +5,7 @@
  * a failed check throws, so the demo never prints a success it did not see.
  */
 import { randomBytes } from 'node:crypto';
-import { buildGuest } from '../../guest/build.ts';
+import type { GuestBuild } from '../../guest/build.ts';
 import { runInGuest } from '../../guest/console-shell.ts';
 import { GUEST_READY_MARKER } from '../../guest/contract.ts';
 import { GUEST_SERVICES } from '../../guest/rootfs.ts';
@@ -16,6 +16,7 @@ import { copyGuestDisk } from '../../guest/workdisk.ts';
 import { PlainLaunch } from '../../monitor/launch/disk-launch.ts';
 
 export interface FoundationDemoOptions {
+  guest: GuestBuild;
   accel: 'tcg' | 'kvm' | 'auto';
   log: (msg: string) => void;
 }
@@ -26,10 +27,8 @@ const POWERDOWN_TIMEOUT_MS = 60_000;
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
-export async function runFoundationDemo(opts: FoundationDemoOptions): Promise<string> {
-  const { log } = opts;
-  log('building or finding the demo guest');
-  const guest = await buildGuest({ onProgress: (m) => log(`guest: ${m}`) });
+export async function runFoundationDemo(opts: FoundationDemoOptions): Promise<string[]> {
+  const { log, guest } = opts;
   const disk = await copyGuestDisk(guest.disk, 'vmseal-demo-');
   const lines: string[] = [];
   try {
@@ -87,7 +86,7 @@ export async function runFoundationDemo(opts: FoundationDemoOptions): Promise<st
   } finally {
     await disk.remove();
   }
-  return ['', 'vmseal demo — a real Debian guest on vmseal\'s own disk path', ...lines.map((l) => `  ${l}`)].join('\n');
+  return lines;
 }
 
 function mib(bytes: number): string {

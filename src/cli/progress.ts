@@ -1,17 +1,17 @@
 /**
- * Progress of a guest build on a stream (stderr): one line per step, and a download bar when
+ * Progress of long CLI work on a stream (stderr): one line per step, and a byte-count bar when
  * the stream is a terminal. Without a terminal (CI, pipes) only the lines are written.
  */
 import cliProgress from 'cli-progress';
 
-export interface BuildProgress {
+export interface Progress {
   onProgress: (msg: string) => void;
   onTransfer: (doneBytes: number, totalBytes: number) => void;
   /** Stops a bar still on screen (call when the build ends, also on failure). */
   stop: () => void;
 }
 
-export function createBuildProgress(stream: NodeJS.WriteStream, prefix: string): BuildProgress {
+export function createProgress(stream: NodeJS.WriteStream, prefix: string): Progress {
   let bar: cliProgress.SingleBar | undefined;
   const stop = () => {
     bar?.stop();
