@@ -14,7 +14,7 @@ import { X509Certificate } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createCa, validateCaMaterial, type CaMaterial } from './ca.ts';
-import { createPrivateFile, ensurePrivateDir } from './private-file.ts';
+import { createPrivateFile, ensurePrivateDir } from '../util/durable-file.ts';
 
 export interface AuthorityPaths {
   dir: string;

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import type { AuthorityPaths } from './authority-dir.ts';
 import { HOST_ID_PATTERN } from './ca.ts';
-import { createPrivateFile, renameDurable, writePrivateFileAtomic } from './private-file.ts';
+import { createPrivateFile, renameDurable, writePrivateFileAtomic } from '../util/durable-file.ts';
 
 /** 32 random bytes, base64url without padding. */
 export const ENROLLMENT_TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;

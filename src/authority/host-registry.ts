@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AuthorityPaths } from './authority-dir.ts';
 import { HOST_ID_PATTERN } from './ca.ts';
-import { writePrivateFileAtomic } from './private-file.ts';
+import { writePrivateFileAtomic } from '../util/durable-file.ts';
 
 function certificatePath(paths: AuthorityPaths, hostId: string): string {
   // The pattern admits no '/' and no leading '.', so the name cannot leave the hosts directory.

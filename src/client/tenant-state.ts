@@ -18,7 +18,7 @@ import { z } from 'zod';
 import { HOST_ID_PATTERN } from '../formats/protocol/host-certificate.ts';
 import { caFingerprint } from './ca-fingerprint.ts';
 import { verifyHostCertificate, type VerifiedHostCertificate } from './host-cert.ts';
-import { ensurePrivateDir, writePrivateFileAtomic } from './private-file.ts';
+import { ensurePrivateDir, writePrivateFileAtomic } from '../util/durable-file.ts';
 
 export const TENANT_STATE_FILE = 'tenant.json';
 export const TENANT_LOCK_FILE = 'tenant.lock';

@@ -3,10 +3,10 @@
  * artifact counts as built only when its entry is here, its recipe matches and its file has the
  * recorded size; the manifest is rewritten atomically after each artifact lands.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { writePrivateFileAtomic } from '../util/durable-file.ts';
 
 export const ARTIFACT_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.raw' } as const;
 export type ArtifactKind = keyof typeof ARTIFACT_FILES;
@@ -52,22 +52,9 @@ export async function artifactReady(dir: string, manifest: Manifest | undefined,
   return st !== undefined && st.isFile() && st.size === record.bytes;
 }
 
-/** Writes `data` to `path` so that `path` is either absent/old or complete: temp file, fsync, rename. */
-export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    const file = await open(tmp, 'wx', 0o644);
-    try {
-      await file.writeFile(data);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+/** Writes `data` to `path` so that `path` is either absent/old or complete (0644: the cache is not secret). */
+export function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  return writePrivateFileAtomic(path, data, 0o644);
 }
 
 export async function writeManifest(dir: string, manifest: Manifest): Promise<void> {

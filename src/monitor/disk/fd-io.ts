@@ -2,7 +2,7 @@
  * Positioned whole-buffer I/O on raw descriptors with the callback fs API (cheaper per call than FileHandle).
  * A short read means the file shrank behind our back: an EIO error, never stale buffer bytes.
  */
-import { fdatasync, read, write, writev } from 'node:fs';
+import { fdatasync, read, writev } from 'node:fs';
 
 function ioError(message: string): Error {
   return Object.assign(new Error(message), { code: 'EIO' });

@@ -9,11 +9,12 @@
  * Loading re-derives the public key from the private key and checks that host.json and the
  * certificate name that same key, so a swapped or mixed-up file is refused rather than used.
  */
-import { X509Certificate, createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { chmod, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { HOST_ID_PATTERN } from '../../formats/protocol/host-certificate.ts';
+import { writePrivateFileAtomic } from '../../util/durable-file.ts';
 import { generateHpkeKeyPair, hpkePublicKeyFromPrivate } from '../../crypto/hpke.ts';
 
 export const HOST_PRIVATE_KEY_FILE = 'hpke-private.pem';
@@ -46,29 +47,6 @@ const hostInfoSchema = z.strictObject({
   hpkePublicKey: z.string().regex(/^[A-Za-z0-9+/]{43}=$/),
   createdAt: z.iso.datetime(),
 });
-
-async function writeFileAtomic(path: string, data: string): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-  try {
-    const file = await open(tmp, 'wx', 0o600);
-    try {
-      await file.writeFile(data);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  const dir = await open(dirname(path), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
 
 function rawX25519(key: KeyObject, part: 'd' | 'x'): Buffer {
   return Buffer.from(key.export({ format: 'jwk' })[part] ?? '', 'base64url');
@@ -105,9 +83,9 @@ export async function initHostKeys(dir: string, hostId: string, opts: { force?: 
   // Old info and certificate go first: a crash part-way leaves "no keys", never a certificate for a key that is gone.
   await rm(infoPath, { force: true });
   await rm(join(dir, HOST_CERTIFICATE_FILE), { force: true });
-  await writeFileAtomic(join(dir, HOST_PRIVATE_KEY_FILE), privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
+  await writePrivateFileAtomic(join(dir, HOST_PRIVATE_KEY_FILE), privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
   const info: z.infer<typeof hostInfoSchema> = { version: 1, hostId, hpkePublicKey: pair.publicKey.toString('base64'), createdAt: new Date().toISOString() };
-  await writeFileAtomic(infoPath, `${JSON.stringify(info, null, 2)}\n`);
+  await writePrivateFileAtomic(infoPath, `${JSON.stringify(info, null, 2)}\n`);
   return { hostId, publicKey: pair.publicKey, privateKey: pair.privateKey, certificatePem: undefined };
 }
 
@@ -177,5 +155,5 @@ export async function saveHostCertificate(dir: string, certificatePem: string): 
     throw new HostKeysError('CORRUPT', `not a certificate: ${(err as Error).message}`);
   }
   if (!certified?.equals(keys.publicKey)) throw new HostKeysError('MISMATCH', 'the certificate is for a different key than this host holds');
-  await writeFileAtomic(join(dir, HOST_CERTIFICATE_FILE), certificatePem);
+  await writePrivateFileAtomic(join(dir, HOST_CERTIFICATE_FILE), certificatePem);
 }

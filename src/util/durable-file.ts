@@ -1,6 +1,7 @@
 /**
- * Durable writes of the authority's private state: directories 0700, files 0600, each file either
- * absent, old or complete after a crash (temp file, fsync, rename, fsync of the directory).
+ * Durable writes of a party's state files: directories 0700, files 0600 (by default), each file either
+ * absent, old or complete after a crash (temp file, fsync, rename, fsync of the directory). Plain
+ * file-system mechanics, shared by every party; no party's logic lives here.
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, link, mkdir, open, rename, rm } from 'node:fs/promises';
@@ -28,8 +29,8 @@ function tempPath(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
 }
 
-async function writeSynced(path: string, data: string | Uint8Array): Promise<void> {
-  const handle = await open(path, 'wx', PRIVATE_FILE_MODE);
+async function writeSynced(path: string, data: string | Uint8Array, mode: number): Promise<void> {
+  const handle = await open(path, 'wx', mode);
   try {
     await handle.writeFile(data);
     await handle.sync();
@@ -38,11 +39,11 @@ async function writeSynced(path: string, data: string | Uint8Array): Promise<voi
   }
 }
 
-/** Replaces `path` atomically with `data` (mode 0600). */
-export async function writePrivateFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+/** Replaces `path` atomically with `data` (mode 0600 unless given). */
+export async function writePrivateFileAtomic(path: string, data: string | Uint8Array, mode = PRIVATE_FILE_MODE): Promise<void> {
   const tmp = tempPath(path);
   try {
-    await writeSynced(tmp, data);
+    await writeSynced(tmp, data, mode);
     await rename(tmp, path);
   } catch (err) {
     await rm(tmp, { force: true });
@@ -55,7 +56,7 @@ export async function writePrivateFileAtomic(path: string, data: string | Uint8A
 export async function createPrivateFile(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = tempPath(path);
   try {
-    await writeSynced(tmp, data);
+    await writeSynced(tmp, data, PRIVATE_FILE_MODE);
     await link(tmp, path); // link, unlike rename, refuses to replace an existing file
   } finally {
     await rm(tmp, { force: true });
