@@ -122,11 +122,12 @@ export class CryptoPool {
     const slots = Array.from({ length: this.threads }, () => {
       const sab = new SharedArrayBuffer(SLAB_BYTES);
       const worker = new Worker(code, { eval: true, workerData: { slab: sab } });
-      worker.unref();
       const slot: Slot = { worker, slab: Buffer.from(sab), job: null };
       worker.on('message', (reply: WorkerReply) => this.#done(slot, reply));
       worker.on('error', (err) => this.#lost(err));
       worker.on('exit', (code) => this.#lost(new Error(`crypto worker exited with code ${code}`)));
+      // Only a worker with a job keeps the process alive (unref after the listeners: adding one refs it again).
+      worker.unref();
       for (const [id, keys] of this.#keys) worker.postMessage(keyMessage(id, keys));
       return slot;
     });
@@ -140,6 +141,7 @@ export class CryptoPool {
       const job = this.#queue.shift();
       if (!job) return;
       slot.job = job;
+      slot.worker.ref();
       job.input.copy(slot.slab, 0);
       if (job.expected) job.expected.copy(slot.slab, SLAB_EXPECTED_AT);
       slot.worker.postMessage(job.request);
@@ -149,6 +151,7 @@ export class CryptoPool {
   #done(slot: Slot, reply: WorkerReply): void {
     const job = slot.job;
     slot.job = null;
+    slot.worker.unref();
     if (job) {
       if ('error' in reply) job.reject(Object.assign(new Error(`crypto worker: ${reply.error}`), { code: 'EIO' }));
       else {
