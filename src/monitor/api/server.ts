@@ -63,7 +63,6 @@ function sendError(reply: FastifyReply, err: unknown): FastifyReply {
 
 export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyInstance> {
   const { monitor } = opts;
-  const storageRoot = await realpath(opts.storageDir);
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: 256 * 1024 });
 
   app.get('/v1/host', async () => ({ hostId: monitor.hostId, certificate: monitor.certificatePem }));
@@ -71,6 +70,10 @@ export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyI
   app.post('/v1/vms', async (req, reply) => {
     try {
       const body = parse(launchRequestSchema, req.body, 'launch request');
+      // Resolved per request: the management plane may create (or move) its storage after the monitor starts.
+      const storageRoot = await realpath(opts.storageDir).catch(() => {
+        throw new BadRequest(`the management storage ${opts.storageDir} does not exist`);
+      });
       const files = {
         image: await storageFile(storageRoot, body.image, 'image'),
         sidecar: await storageFile(storageRoot, body.sidecar, 'sidecar'),
