@@ -22,6 +22,12 @@ export interface VmLaunchInput {
   kernel: string;
   initrd: string;
   cmdline: string;
+  /**
+   * Start a VM the tenant launched before from the same image: the management plane already stores
+   * its disk, which the VM has changed since, so image and sidecar are not uploaded again; the
+   * monitor verifies the stored disk against the root it kept from the last run.
+   */
+  relaunch?: boolean;
   /** IDS measurements allowed to introspect the VM (none by default). */
   idsMeasurements?: string[];
   onProgress?: (msg: string) => void;
@@ -38,7 +44,10 @@ const hostReplySchema = z.object({ hostId: z.string(), certificate: z.string().m
 export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
   const say = input.onProgress ?? (() => undefined);
   const state = await loadTenantState(input.tenantDir);
-  if (state.vms[input.name]) throw new Error(`the tenant already has a VM named ${input.name} (vmId ${state.vms[input.name]!.vmId})`);
+  const previous = state.vms[input.name];
+  if (previous && !input.relaunch) throw new Error(`the tenant already has a VM named ${input.name} (vmId ${previous.vmId}); start it again with --relaunch`);
+  if (!previous && input.relaunch) throw new Error(`the tenant has no VM named ${input.name} to relaunch`);
+  if (previous && previous.mgmtUrl !== input.mgmtUrl) throw new Error(`${input.name} ran behind ${previous.mgmtUrl}; its disk is stored there, not at ${input.mgmtUrl}`);
 
   say(`unlocking ${input.imagePath}`);
   const image = await openImage({ path: input.imagePath, passphrase: input.passphrase });
@@ -65,8 +74,10 @@ export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
   };
   const kernelName = `k-${kernelSha256.slice(0, 32)}`;
   const initrdName = `i-${initrdSha256.slice(0, 32)}`;
-  await upload('image', input.name, input.imagePath);
-  await upload('sidecar', input.name, sidecar.sidecarPath);
+  if (!input.relaunch) {
+    await upload('image', input.name, input.imagePath);
+    await upload('sidecar', input.name, sidecar.sidecarPath);
+  }
   await upload('kernel', kernelName, input.kernel);
   await upload('initrd', initrdName, input.initrd);
 

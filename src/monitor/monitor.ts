@@ -118,11 +118,12 @@ export class Monitor {
       if (badDisk) void launch.stop(1000);
       const vm: RunningVm = { vmId, keys, launch, bootDir, exited: false, consoles: new Map() };
       this.#vms.set(vmId, vm);
+      // The VM counts as shut down once its disk is closed too, so a relaunch finds the image free.
       void launch.vm.waitForExit(2 ** 31 - 1).then(async () => {
-        vm.exited = true;
         for (const c of vm.consoles.values()) c.close();
         await launch.stop();
         await rm(bootDir, { recursive: true, force: true });
+        vm.exited = true;
       }, () => undefined);
       return { vmId, identityProof: sealIdentityProof(keys.identity, Buffer.from(vmId, 'hex'), bundle.launchNonce, this.hostId) };
     } catch (err) {
@@ -175,7 +176,7 @@ export class Monitor {
     try {
       return (await vm.launch.vm.status()).status;
     } catch {
-      return 'shutdown';
+      return 'stopping'; // QEMU is gone, its disk not yet closed
     }
   }
 

@@ -68,6 +68,7 @@ test('sealed launch, identity proof and sealed commands through an untrusted man
   // The management plane cannot replay a frame of input (nor forge one): it has only the sealed blobs.
   const ctrl = new MgmtClient(cloud.mgmtUrl);
   await assert.rejects(ctrl.consoleInput(launched.vmId, sc.sessionId, Buffer.alloc(60, 7).toString('base64')), (e: unknown) => e instanceof MgmtError && e.refusal === 'TAMPER');
+  await sc.write(Buffer.from('echo kept-across-runs > /root/kept.txt; sync\n'));
 
   // The adversary launches a decoy from its own image and key, and redirects the tenant's next command to it.
   const adversary = new MgmtClient(cloud.mgmtUrl);
@@ -102,6 +103,26 @@ test('sealed launch, identity proof and sealed commands through an untrusted man
   await updateTenantState(cloud.tenantDir, (s) => {
     s.vms['web']!.commandCounter = web.commandCounter + 2;
   });
+  assert.equal((await sendVmCommand(cloud.tenantDir, 'web', 'resume')).state, 'running'); // the relayed pause took effect
   const shutdown = await sendVmCommand(cloud.tenantDir, 'web', 'shutdown');
   assert.equal(shutdown.ok, true);
+  let runState = '';
+  for (let i = 0; i < 120 && runState !== 'shutdown'; i++) {
+    runState = (await sendVmCommand(cloud.tenantDir, 'web', 'status')).state;
+    if (runState !== 'shutdown') await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(runState, 'shutdown', 'the guest powered off after the ACPI shutdown');
+
+  // Relaunch: the stored disk, with what the guest wrote, verifies against the monitor's root; a new VM id.
+  await assert.rejects(launchVm({ tenantDir: cloud.tenantDir, mgmtUrl: cloud.mgmtUrl, name: 'web', imagePath: image, passphrase, kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline }), /--relaunch/);
+  const again = await launchVm({ tenantDir: cloud.tenantDir, mgmtUrl: cloud.mgmtUrl, name: 'web', imagePath: image, passphrase, kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline, relaunch: true });
+  assert.notEqual(again.vmId, launched.vmId);
+  await cloud.monitor.console(again.vmId).waitFor(GUEST_READY_MARKER, 240_000);
+  const rec = (await loadTenantState(cloud.tenantDir)).vms['web']!;
+  const sc2 = await SealedConsole.open(new MgmtClient(cloud.mgmtUrl), again.vmId, Buffer.from(rec.consoleKey, 'base64'));
+  await sc2.write(Buffer.from('cat /root/kept.txt\n'));
+  let seen2 = '';
+  for (let i = 0; i < 30 && !/^kept-across-runs/m.test(seen2); i++) seen2 += (await sc2.read(2000)).toString();
+  assert.match(seen2, /^kept-across-runs/m);
+  assert.equal((await sendVmCommand(cloud.tenantDir, 'web', 'poweroff')).state, 'shutdown');
 });

@@ -81,7 +81,8 @@ export function registerVmCommands(program: Command): void {
     .option('--kernel <file>', "kernel (default: the demo guest's)")
     .option('--initrd <file>', "initramfs (default: the demo guest's)")
     .option('--cmdline <text>', "kernel command line (default: the demo guest's)")
-    .action(async (name: string, opts: { dir: string; mgmt: string; image: string; passphraseFile: string; kernel?: string; initrd?: string; cmdline?: string }) => {
+    .option('--relaunch', 'start again a VM launched before from this image; its stored disk (with the changes of its last run) is used')
+    .action(async (name: string, opts: { dir: string; mgmt: string; image: string; passphraseFile: string; kernel?: string; initrd?: string; cmdline?: string; relaunch?: boolean }) => {
       const demo = opts.kernel && opts.initrd && opts.cmdline !== undefined ? undefined : await buildGuest({ onProgress: (m) => process.stderr.write(`guest: ${m}\n`) });
       const launched = await launchVm({
         tenantDir: opts.dir,
@@ -92,6 +93,7 @@ export function registerVmCommands(program: Command): void {
         kernel: opts.kernel ?? demo!.kernel,
         initrd: opts.initrd ?? demo!.initrd,
         cmdline: opts.cmdline ?? demo!.cmdline,
+        relaunch: opts.relaunch ?? false,
         onProgress: (m) => process.stderr.write(`vm: ${m}\n`),
       }).catch(explain);
       process.stdout.write(`launched ${launched.name}: VM ${launched.vmId} on host ${launched.hostId} (identity proof verified)\n`);
