@@ -5,8 +5,9 @@
  *
  * One pool serves every sealed disk of the process (CryptoPool.acquire); each disk registers its keys as a
  * CryptoContext. Workers start on the first large request. A job carries at most SLAB_SECTORS sectors through
- * the worker's shared slab; a large request is cut into parts spread over the workers. If a worker dies the
- * pool stops using workers and everything runs inline from then on (slower, still correct).
+ * the worker's shared slab; a large request is cut into parts spread over the workers. If a worker dies (or
+ * cannot start) the pool stops using workers: its unfinished parts and everything after run inline (slower,
+ * still correct).
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -16,7 +17,7 @@ import { SectorCrypto, type SectorKeys } from './sector-crypto.ts';
 const SECTOR = 4096;
 const LEAF = 32;
 /** Requests up to this size run inline by default (see the measurements in the sealed-backend report). */
-export const DEFAULT_INLINE_MAX_BYTES = 64 * 1024;
+export const DEFAULT_INLINE_MAX_BYTES = 32 * 1024;
 /** Parts smaller than this are not worth a separate job. */
 const MIN_PART_SECTORS = 16;
 
@@ -39,6 +40,11 @@ interface Slot {
   worker: Worker;
   slab: Buffer;
   job: Job | null;
+}
+
+/** The workers could not do a job (none running, one died, or it failed): the caller runs it inline. */
+class WorkersUnavailable extends Error {
+  override readonly name = 'WorkersUnavailable';
 }
 
 let shared: CryptoPool | undefined;
@@ -99,7 +105,7 @@ export class CryptoPool {
   /** Runs one job (at most SLAB_SECTORS sectors) on a worker; resolves with the failed sectors of an open. */
   run(job: Omit<Job, 'resolve' | 'reject'>): Promise<number[]> {
     return new Promise((resolve, reject) => {
-      if (!this.parallel) return reject(Object.assign(new Error('crypto pool is not running workers'), { code: 'EIO' }));
+      if (!this.parallel) return reject(new WorkersUnavailable('crypto pool is not running workers'));
       this.#queue.push({ ...job, resolve, reject });
       this.#pump();
     });
@@ -110,7 +116,7 @@ export class CryptoPool {
     this.#closed = true;
     const slots = this.#slots ?? [];
     this.#slots = null;
-    this.#failAll(slots, new Error('crypto pool closed'));
+    this.#failAll(slots, new WorkersUnavailable('crypto pool closed'));
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
@@ -135,7 +141,14 @@ export class CryptoPool {
   }
 
   #pump(): void {
-    this.#slots ??= this.#start();
+    if (!this.#slots) {
+      try {
+        this.#slots = this.#start();
+      } catch (err) {
+        this.#lost(err instanceof Error ? err : new Error(String(err)));
+        return;
+      }
+    }
     for (const slot of this.#slots) {
       if (slot.job) continue;
       const job = this.#queue.shift();
@@ -153,7 +166,7 @@ export class CryptoPool {
     slot.job = null;
     slot.worker.unref();
     if (job) {
-      if ('error' in reply) job.reject(Object.assign(new Error(`crypto worker: ${reply.error}`), { code: 'EIO' }));
+      if ('error' in reply) job.reject(new WorkersUnavailable(`crypto worker: ${reply.error}`));
       else {
         const { sectors, firstSector } = job.request;
         try {
@@ -173,7 +186,7 @@ export class CryptoPool {
     this.#broken = true;
     const slots = this.#slots ?? [];
     this.#slots = null;
-    this.#failAll(slots, Object.assign(new Error(`crypto worker failed: ${err.message}`), { code: 'EIO' }));
+    this.#failAll(slots, new WorkersUnavailable(`crypto worker failed: ${err.message}`));
     for (const s of slots) void s.worker.terminate();
   }
 
@@ -210,26 +223,30 @@ export class CryptoContext {
    */
   async seal(firstSector: number, plain: Buffer, sink: SealSink): Promise<void> {
     const sectors = plain.length / SECTOR;
-    if (!this.#offload(plain.length)) {
-      if (this.#ciphertext.length < plain.length) {
-        this.#ciphertext = Buffer.alloc(plain.length);
-        this.#leaves = Buffer.alloc(sectors * LEAF);
-      }
-      const ciphertext = this.#ciphertext.subarray(0, plain.length);
-      const leaves = this.#leaves.subarray(0, sectors * LEAF);
-      this.inline.seal(firstSector, plain, ciphertext, leaves);
-      sink(firstSector, ciphertext, leaves);
-      return;
-    }
+    if (!this.#offload(plain.length)) return this.#sealInline(firstSector, plain, sink);
     await Promise.all(
-      this.#parts(sectors).map(([from, count]) =>
-        this.pool.run({
-          request: { type: 'seal', key: this.key, firstSector: firstSector + from, sectors: count },
-          input: plain.subarray(from * SECTOR, (from + count) * SECTOR),
-          sink,
-        }),
-      ),
+      this.#parts(sectors).map(([from, count]) => {
+        const part = plain.subarray(from * SECTOR, (from + count) * SECTOR);
+        return this.pool
+          .run({ request: { type: 'seal', key: this.key, firstSector: firstSector + from, sectors: count }, input: part, sink })
+          .catch((err: unknown) => {
+            if (!(err instanceof WorkersUnavailable)) throw err;
+            this.#sealInline(firstSector + from, part, sink);
+          });
+      }),
     );
+  }
+
+  #sealInline(firstSector: number, plain: Buffer, sink: SealSink): void {
+    const sectors = plain.length / SECTOR;
+    if (this.#ciphertext.length < plain.length) {
+      this.#ciphertext = Buffer.alloc(plain.length);
+      this.#leaves = Buffer.alloc(sectors * LEAF);
+    }
+    const ciphertext = this.#ciphertext.subarray(0, plain.length);
+    const leaves = this.#leaves.subarray(0, sectors * LEAF);
+    this.inline.seal(firstSector, plain, ciphertext, leaves);
+    sink(firstSector, ciphertext, leaves);
   }
 
   /**
@@ -241,12 +258,15 @@ export class CryptoContext {
     if (!this.#offload(ciphertext.length)) return this.inline.open(firstSector, ciphertext, expected, plain);
     const results = await Promise.all(
       this.#parts(ciphertext.length / SECTOR).map(async ([from, count]) => {
-        const bad = await this.pool.run({
-          request: { type: 'open', key: this.key, firstSector: firstSector + from, sectors: count },
-          input: ciphertext.subarray(from * SECTOR, (from + count) * SECTOR),
-          expected: expected.subarray(from * LEAF, (from + count) * LEAF),
-          output: plain.subarray(from * SECTOR, (from + count) * SECTOR),
-        });
+        const input = ciphertext.subarray(from * SECTOR, (from + count) * SECTOR);
+        const want = expected.subarray(from * LEAF, (from + count) * LEAF);
+        const output = plain.subarray(from * SECTOR, (from + count) * SECTOR);
+        const bad = await this.pool
+          .run({ request: { type: 'open', key: this.key, firstSector: firstSector + from, sectors: count }, input, expected: want, output })
+          .catch((err: unknown) => {
+            if (!(err instanceof WorkersUnavailable)) throw err;
+            return this.inline.open(firstSector + from, input, want, output);
+          });
         return bad.map((i) => i + from);
       }),
     );
