@@ -14,10 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the whole project uses: QEMU and its tools, swtpm, the guest's building blocks,
-# and the independent tools the tests use as oracles.
+# the independent tools the tests use as oracles, and what node-gyp needs to build the native
+# addons (ours in native/, and better-sqlite3).
 PACKAGES=(
   qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools busybox-static cpio e2fsprogs
   cryptsetup-bin libnbd-bin python3-libnbd fio nbdkit ntfs-3g xz-utils
+  g++ make python3
 )
 
 missing=()

@@ -1,0 +1,96 @@
+/**
+ * Typed access to the native sector-crypto addon (native/sector_crypto.c, built by node-gyp into
+ * build/Release during `npm ci`): OpenSSL's AES-256-XTS and the integrity tree's leaf HMACs over many sectors
+ * per call. It computes exactly what XtsCipher (xts.ts) and TreeHasher.leaves (integrity-tree.ts) compute;
+ * those stay the reference implementations (test/crypto/native.test.ts compares them) and the client-side
+ * sealer's path. The addon is loaded on first use so that importing this module never fails by itself.
+ */
+import { createRequire } from 'node:module';
+import type { SectorNumber } from './xts.ts';
+
+interface Addon {
+  xtsEncrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
+  xtsDecrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
+  hmacLeaves(key: Uint8Array, firstSector: bigint, sectorSize: number, data: Uint8Array, outLeaves: Uint8Array): void;
+}
+
+const ADDON_PATH = '../../build/Release/sector_crypto.node';
+/** plain64 counts 512-byte units whatever the sector size (see xts.ts). */
+const IV_UNIT = 512;
+const MAX_IV = (1n << 64n) - 1n;
+
+let addon: Addon | undefined;
+
+function load(): Addon {
+  if (addon) return addon;
+  try {
+    addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    throw new Error(`native sector crypto addon is not built (run \`npm ci\` or \`npm exec -c 'node-gyp rebuild'\` in the repository root): ${why}`);
+  }
+  return addon;
+}
+
+function toBigSector(n: SectorNumber, what: string): bigint {
+  if (typeof n === 'number' && !Number.isSafeInteger(n)) throw new RangeError(`${what} ${n} is not a safe integer`);
+  const v = BigInt(n);
+  if (v < 0n) throw new RangeError(`${what} ${v} is negative`);
+  return v;
+}
+
+/**
+ * AES-256-XTS over whole sectors of `data` into `out` (the same buffer, or one that does not overlap it, at
+ * least as long). Sector s gets the tweak firstIv + s * ivStep as a 64-bit little-endian number.
+ */
+export function xtsEncryptNative(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void {
+  load().xtsEncrypt(key, firstIv, ivStep, sectorSize, data, out);
+}
+
+/** The inverse of xtsEncryptNative, same arguments. */
+export function xtsDecryptNative(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void {
+  load().xtsDecrypt(key, firstIv, ivStep, sectorSize, data, out);
+}
+
+/** leaf_i = HMAC-SHA256(key, "leaf" ‖ u64le(firstSector + i) ‖ sector_i) for each sector, into outLeaves[32i..]. */
+export function hmacLeavesNative(key: Uint8Array, firstSector: SectorNumber, sectorSize: number, data: Uint8Array, outLeaves: Uint8Array): void {
+  load().hmacLeaves(key, toBigSector(firstSector, 'hmacLeaves: sector'), sectorSize, data, outLeaves);
+}
+
+/** XtsCipher's interface (AES-256-XTS, LUKS2 plain64 tweaks) on the native path. */
+export class NativeXtsCipher {
+  readonly #key: Buffer;
+
+  /** `key` is key 1 (data) followed by key 2 (tweak), 64 bytes; copied. */
+  constructor(key: Uint8Array) {
+    if (key.length !== 64) throw new RangeError(`xts: key must be 64 bytes (two AES-256 keys), got ${key.length}`);
+    // Checked here too so that a bad key fails when the context is made, as XtsCipher's does.
+    if (Buffer.from(key.buffer, key.byteOffset, 32).equals(Buffer.from(key.buffer, key.byteOffset + 32, 32))) {
+      throw new RangeError('xts: the two key halves must differ');
+    }
+    load();
+    this.#key = Buffer.from(key);
+  }
+
+  /** Encrypts `data` (whole sectors, first one `firstSector` in `sectorSize` units) into `out` or a new buffer. */
+  encryptSectors(firstSector: SectorNumber, sectorSize: number, data: Buffer, out?: Buffer): Buffer {
+    return this.#run(xtsEncryptNative, firstSector, sectorSize, data, out);
+  }
+
+  decryptSectors(firstSector: SectorNumber, sectorSize: number, data: Buffer, out?: Buffer): Buffer {
+    return this.#run(xtsDecryptNative, firstSector, sectorSize, data, out);
+  }
+
+  #run(op: typeof xtsEncryptNative, firstSector: SectorNumber, sectorSize: number, data: Buffer, out?: Buffer): Buffer {
+    if (!Number.isInteger(sectorSize) || sectorSize < IV_UNIT || sectorSize % IV_UNIT !== 0) {
+      throw new RangeError(`xts: sector size must be a power of two from 512 to 65536, got ${sectorSize}`);
+    }
+    const dst = out ?? Buffer.allocUnsafe(data.length);
+    if (dst.length !== data.length) throw new RangeError(`xts: output length ${dst.length} != input length ${data.length}`);
+    const step = sectorSize / IV_UNIT;
+    const firstIv = toBigSector(firstSector, 'xts: sector') * BigInt(step);
+    if (firstIv > MAX_IV) throw new RangeError(`xts: sector ${String(firstSector)} is beyond the 64-bit IV range`);
+    op(this.#key, firstIv, step, sectorSize, data, dst);
+    return dst;
+  }
+}
