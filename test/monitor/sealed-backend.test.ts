@@ -122,7 +122,7 @@ test('round trip: qemu-io writes through our export, reads back; cryptsetup decr
   const io = await qemuIo(socket, 'vda', [
     'write -P 0x5a 1M 256k',
     'write -P 0x33 4096 4096',
-    'write -P 0x11 6M 2M', // large: the crypto workers' path
+    'write -P 0x11 6M 2M', // one request larger than the NBD server's coalesced runs
     'write -z 2M 64k',
     'read -P 0x5a 1M 256k',
     'read -P 0x33 4096 4096',
