@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { initAuthority, openAuthority } from '../../authority/authority-dir.ts';
 import { DEFAULT_ENROLLMENT_TTL_MS, MAX_ENROLLMENT_TTL_MS, createEnrollmentToken } from '../../authority/enrollment-tokens.ts';
 import { DEFAULT_HOST_CERTIFICATE_DAYS, buildAuthorityServer } from '../../authority/server.ts';
+import { untilStopSignal } from '../until-signal.ts';
 
 const DEFAULT_PORT = 8470;
 
@@ -57,15 +58,7 @@ export function registerAuthorityCommands(program: Command): void {
       const address = app.server.address() as AddressInfo;
       const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
       process.stdout.write(`authority listening on http://${shown}:${address.port}\n`);
-      await new Promise<void>((resolve) => {
-        const stop = (): void => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          resolve();
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      await untilStopSignal();
       await app.close();
       process.stderr.write('authority stopped\n');
     });

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { FileBackend } from '../../monitor/disk/file-backend.ts';
 import { NbdServer } from '../../monitor/disk/nbd-server.ts';
+import { untilStopSignal } from '../until-signal.ts';
 
 interface ServeOptions {
   file: string;
@@ -46,15 +47,7 @@ async function serveFile(opts: ServeOptions): Promise<void> {
   }
   const mode = opts.readOnly ? 'read-only' : 'read-write';
   process.stdout.write(`serving ${opts.file} (${backend.size} bytes, ${mode}) as NBD export ${JSON.stringify(opts.export)} on ${opts.socket}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      resolve();
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await untilStopSignal();
   await server.close();
   await backend.close();
 }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { startMgmt } from '../../mgmt/server.ts';
+import { untilStopSignal } from '../until-signal.ts';
 
 /** `vmseal mgmt …`: the provider's management plane (untrusted by design). */
 export function registerMgmtCommands(program: Command): void {
@@ -19,10 +20,7 @@ export function registerMgmtCommands(program: Command): void {
       const addr = app.server.address();
       const actual = typeof addr === 'object' && addr ? addr.port : port;
       process.stdout.write(`mgmt listening on http://${opts.host}:${actual}\n`);
-      await new Promise<void>((resolve) => {
-        const stop = () => void app.close().then(() => resolve());
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      });
+      await untilStopSignal();
+      await app.close();
     });
 }
