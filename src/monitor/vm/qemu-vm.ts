@@ -118,6 +118,7 @@ async function regularFile(file: string, what: string): Promise<string> {
 
 export class QemuVm {
   private child: ChildProcess | null = null;
+  private ramBytes = 0;
   private qmpClient: QmpClient | null = null;
   private serial: SerialConsole | null = null;
   private readonly listeners: OneShotListener[] = [];
@@ -170,6 +171,12 @@ export class QemuVm {
   /** Guest RAM, shared with QEMU (0600, exactly memoryMiB MiB); deleted when QEMU exits. */
   get memoryFile(): string {
     return path.join(this.runDir, 'guest.ram');
+  }
+
+  /** Size of guest RAM (and of memoryFile) in bytes. */
+  get memoryBytes(): number {
+    if (this.ramBytes === 0) throw new Error('QEMU is not started');
+    return this.ramBytes;
   }
 
   get qmp(): QmpClient {
@@ -234,6 +241,7 @@ export class QemuVm {
     // QEMU sizes an empty mem-path file itself (ftruncate) and never unlinks a file it did not
     // create; creating it here fixes its mode at 0600 whatever QEMU's umask.
     await writeFile(this.memoryFile, '', { mode: 0o600, flag: 'wx' });
+    this.ramBytes = o.memoryMiB * 1024 * 1024;
     const qmpListener = await this.listen('qmp.sock');
     const consoleListener = await this.listen('console.sock');
     // stop() (e.g. from a signal) may have run during the awaits above; never spawn after it.
