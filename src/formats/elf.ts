@@ -259,3 +259,82 @@ export function readSymbols(elf: ElfFile, section: ElfSection): ElfSymbol[] {
   return symbols;
 }
 
+
+/** Program header types the dynamic reader needs. */
+export const PT_DYNAMIC = 2;
+export const PT_INTERP = 3;
+
+/** Dynamic section tags (d_tag) that readDynamic decodes. */
+export const DT_NULL = 0;
+export const DT_NEEDED = 1;
+export const DT_STRTAB = 5;
+export const DT_STRSZ = 10;
+export const DT_SONAME = 14;
+export const DT_RPATH = 15;
+export const DT_RUNPATH = 29;
+
+const DYN_SIZE = 16;
+
+export interface ElfDynamic {
+  /** DT_NEEDED sonames, in the order the loader resolves them. */
+  needed: string[];
+  soname?: string;
+  rpath?: string;
+  runpath?: string;
+  /** The program interpreter (PT_INTERP), e.g. /lib64/ld-linux-x86-64.so.2. */
+  interpreter?: string;
+}
+
+/** File offset of `length` bytes at virtual address `vaddr`, through the PT_LOAD segment that maps them from the file. */
+function fileOffsetOf(elf: ElfFile, vaddr: bigint, length: number, what: string): number {
+  for (const s of elf.segments) {
+    if (s.type !== PT_LOAD || vaddr < s.vaddr) continue;
+    const delta = vaddr - s.vaddr;
+    if (delta + BigInt(length) <= BigInt(s.filesz)) return s.offset + Number(delta);
+  }
+  throw new ElfError(`${what} (address 0x${vaddr.toString(16)}, ${length} bytes) is not mapped from the file by any PT_LOAD segment`);
+}
+
+/**
+ * The dynamic-linking view of an executable or shared object, read as the loader reads it:
+ * PT_DYNAMIC for the entries, DT_STRTAB (a virtual address, mapped through PT_LOAD) for the
+ * names, PT_INTERP for the interpreter. A static file yields no entries.
+ */
+export function readDynamic(elf: ElfFile): ElfDynamic {
+  const out: ElfDynamic = { needed: [] };
+  const interp = elf.segments.find((s) => s.type === PT_INTERP);
+  if (interp) {
+    const raw = elf.bytes.subarray(interp.offset, interp.offset + interp.filesz);
+    const end = raw.indexOf(0);
+    if (end < 0) throw new ElfError('PT_INTERP is not NUL-terminated');
+    out.interpreter = utf8.decode(raw.subarray(0, end));
+  }
+  const dyn = elf.segments.find((s) => s.type === PT_DYNAMIC);
+  if (!dyn) return out;
+  const r = new Reader(elf.bytes.subarray(dyn.offset, dyn.offset + dyn.filesz), elf.endian === 'little');
+  const entries: Array<{ tag: bigint; val: bigint }> = [];
+  for (let o = 0; o + DYN_SIZE <= dyn.filesz; o += DYN_SIZE) {
+    const tag = r.u64(o);
+    if (tag === BigInt(DT_NULL)) break;
+    entries.push({ tag, val: r.u64(o + 8) });
+  }
+  const value = (tag: number) => entries.find((e) => e.tag === BigInt(tag))?.val;
+  const names = entries.filter((e) => [DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH].includes(Number(e.tag)));
+  if (names.length === 0) return out;
+  const strtab = value(DT_STRTAB);
+  const strsz = value(DT_STRSZ);
+  if (strtab === undefined || strsz === undefined) throw new ElfError('the dynamic section names libraries but has no DT_STRTAB/DT_STRSZ');
+  if (strsz > BigInt(elf.bytes.length)) throw new ElfError(`DT_STRSZ ${strsz} is larger than the file`);
+  const tableOffset = fileOffsetOf(elf, strtab, Number(strsz), 'the dynamic string table');
+  const table = elf.bytes.subarray(tableOffset, tableOffset + Number(strsz));
+  for (const e of names) {
+    if (e.val >= BigInt(table.length)) throw new ElfError(`dynamic entry name offset ${e.val} is past the string table (${table.length} bytes)`);
+    const name = stringAt(table, Number(e.val), `dynamic tag ${e.tag}`);
+    const tag = Number(e.tag);
+    if (tag === DT_NEEDED) out.needed.push(name);
+    else if (tag === DT_SONAME) out.soname = name;
+    else if (tag === DT_RPATH) out.rpath = name;
+    else out.runpath = name;
+  }
+  return out;
+}

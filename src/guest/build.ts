@@ -16,8 +16,10 @@ import { buildInitramfs, initramfsRecipe } from './initramfs.ts';
 import { checkGuestKernelConfig, parseKernelConfig } from './kernel-config.ts';
 import {
   AptMetadataError,
+  debugPackageOf,
   downloadKernelPackage,
   extractKernelPackage,
+  extractSystemMap,
   KernelDownloadError,
   kernelPackageSize,
   resolveKernelPackage,
@@ -35,6 +37,8 @@ import {
 } from './manifest.ts';
 import { GUEST_MODULES, indexModules, resolveModules } from './modules.ts';
 import { buildRootfs, rootfsRecipe } from './rootfs.ts';
+import { candidateVersions, type DebPackage } from './debian-packages.ts';
+import { gatherTpmTools, TPM_TOOLS_PACKAGES, type PackagedFiles } from './tpm-tools.ts';
 
 export interface GuestBuildOptions {
   /** vmseal's cache root; the guest goes under `guest/`. Default $VMSEAL_CACHE, else ~/.cache/vmseal. */
@@ -51,6 +55,8 @@ export interface GuestBuild {
   kernel: string;
   initrd: string;
   disk: string;
+  /** The kernel package's System.map: symbol addresses before KASLR, a test oracle for kallsyms. */
+  systemMap: string;
   cmdline: string;
   kernelVersion: string;
 }
@@ -75,6 +81,7 @@ function resultFor(dir: string, kernelVersion: string): GuestBuild {
     kernel: join(dir, ARTIFACT_FILES.kernel),
     initrd: join(dir, ARTIFACT_FILES.initrd),
     disk: join(dir, ARTIFACT_FILES.disk),
+    systemMap: join(dir, ARTIFACT_FILES.systemMap),
     cmdline: GUEST_CMDLINE,
     kernelVersion,
   };
@@ -134,6 +141,21 @@ export async function buildGuest(opts: GuestBuildOptions = {}): Promise<GuestBui
   }
 }
 
+/**
+ * Current versions of the packages the root filesystem takes files from: those the cached disk
+ * was built from (its closure is known only after a build) and the tools asked for.
+ */
+async function rootfsPackageVersions(old: Manifest | undefined): Promise<DebPackage[]> {
+  const names = [...new Set([...TPM_TOOLS_PACKAGES, ...(old?.rootfsPackages ?? []).map((p) => p.name)])].sort();
+  try {
+    return await candidateVersions(names);
+  } catch (err) {
+    // A package of the old closure that apt no longer knows: the recipe differs, the disk is rebuilt.
+    if (err instanceof AptMetadataError) return candidateVersions([...TPM_TOOLS_PACKAGES]);
+    throw err;
+  }
+}
+
 async function buildLocked(
   dir: string,
   guestRoot: string,
@@ -146,7 +168,8 @@ async function buildLocked(
   const recipes: Record<ArtifactKind, string> = {
     kernel: `${pkg.name}=${pkg.version}`,
     initrd: initramfsRecipe(busybox, `${pkg.name}=${pkg.version}`, GUEST_MODULES.map((m) => m.name)),
-    disk: rootfsRecipe(busybox),
+    disk: rootfsRecipe(busybox, await rootfsPackageVersions(old)),
+    systemMap: `${debugPackageOf(pkg).name}=${pkg.version}`,
   };
   const missing = new Set<ArtifactKind>();
   for (const kind of Object.keys(ARTIFACT_FILES) as ArtifactKind[]) {
@@ -158,6 +181,7 @@ async function buildLocked(
     kernelPackage: { name: pkg.name, version: pkg.version },
     cmdline: GUEST_CMDLINE,
     modules: old?.modules,
+    rootfsPackages: old?.rootfsPackages,
     artifacts: {},
     updatedAt: new Date().toISOString(),
   };
@@ -221,11 +245,43 @@ async function buildLocked(
         report(`initramfs: ${mb(initrd.length)}, ${modules.length} modules`);
       }
     }
+    if (missing.has('systemMap')) {
+      const dbg = debugPackageOf(pkg);
+      const downloadDir = join(work, 'download-dbg');
+      await mkdir(downloadDir);
+      let deb: string;
+      try {
+        const size = await kernelPackageSize(dbg);
+        report(`downloading ${dbg.name} ${dbg.version} (${mb(size)}) for its System.map`);
+        deb = await downloadKernelPackage(dbg, size, downloadDir, opts.onTransfer);
+      } catch (err) {
+        if (err instanceof KernelDownloadError) return fallBack(guestRoot, err, report);
+        throw err;
+      }
+      const extracted = join(work, 'package-dbg');
+      await mkdir(extracted);
+      const map = await readFile(await extractSystemMap(deb, extracted, pkg.kernelVersion));
+      await rm(downloadDir, { recursive: true, force: true });
+      await writeFileAtomic(join(dir, ARTIFACT_FILES.systemMap), map);
+      await land('systemMap', { bytes: map.length, sha256: sha256(map) });
+      report(`System.map: ${mb(map.length)}`);
+    }
     if (missing.has('disk')) {
       report(`building the root filesystem (busybox-static ${busybox.version})`);
+      let packaged: PackagedFiles;
+      try {
+        packaged = await gatherTpmTools(join(work, 'packages'), report);
+      } catch (err) {
+        if (err instanceof KernelDownloadError) return fallBack(guestRoot, err, report);
+        throw err;
+      }
+      report(`tpm2-tools: ${packaged.entries.length} files and links from ${packaged.packages.length} packages`);
       const rootfs = join(work, 'rootfs');
       await mkdir(rootfs);
-      await buildRootfs(rootfs, busybox);
+      await buildRootfs(rootfs, busybox, packaged);
+      // The recipe names every package the files came from, so an update of any of them rebuilds.
+      recipes.disk = rootfsRecipe(busybox, packaged.packages);
+      manifest.rootfsPackages = packaged.packages;
       report('writing the disk image (MBR + ext4 at 1 MiB, mke2fs -d) and checking it with e2fsck');
       const image = join(work, ARTIFACT_FILES.disk);
       await buildDiskImage(image, rootfs);

@@ -3,7 +3,7 @@
  * installed busybox-static package. It must be static: the guest has no C library.
  */
 import { readFile } from 'node:fs/promises';
-import { EM_X86_64, parseElf } from '../formats/elf.ts';
+import { EM_X86_64, parseElf, PT_INTERP } from '../formats/elf.ts';
 import { runTool } from './run-tool.ts';
 
 export interface Busybox {
@@ -15,7 +15,6 @@ export interface Busybox {
 }
 
 const PACKAGE = 'busybox-static';
-const PT_INTERP = 3;
 const APPLET_PATH = /^[a-z0-9_[][a-z0-9_.[/-]*$/;
 
 export async function findBusybox(): Promise<Busybox> {

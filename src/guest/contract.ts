@@ -22,3 +22,6 @@ export const GUEST_HOSTNAME = 'vmseal-guest';
 export const GUEST_PROMPT = `${GUEST_HOSTNAME}# `;
 
 export const GUEST_ROOT_DEVICE = '/dev/vda1';
+
+/** An unprivileged user (group of the same name and id); root reaches it with `su -s /bin/sh vmseal -c CMD`. */
+export const GUEST_USER = { name: 'vmseal', uid: 1000, home: '/home/vmseal' } as const;

@@ -3,7 +3,7 @@
  * metapackage (apt metadata only, no network), download it with apt-get (which verifies it
  * against the signed package index) and unpack it with dpkg-deb, which needs no root.
  */
-import { open, readdir, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runTool, ToolError } from './run-tool.ts';
 
@@ -186,6 +186,35 @@ export async function extractKernelPackage(deb: string, dir: string, kernelVersi
   if (modulesDir < 0) throw new Error(`${deb} has no /lib/modules/${kernelVersion}`);
   await checkBzImage(vmlinuz);
   return { vmlinuz, config, modulesDir: candidates[modulesDir]! };
+}
+
+/**
+ * The package holding the kernel's real System.map: the image package ships a one-line
+ * placeholder, the -dbg package of the same build (same source version) has the map.
+ */
+export function debugPackageOf(pkg: KernelPackage): KernelPackage {
+  return { ...pkg, name: `${pkg.name}-dbg` };
+}
+
+/** A real System.map has thousands of symbols; the placeholder has one. */
+const MIN_SYSTEM_MAP_SYMBOLS = 1000;
+const SYSTEM_MAP_LINE = /^[0-9a-f]{16} [A-Za-z] \S+$/;
+
+/**
+ * Unpacks only /usr/lib/debug/boot/System.map-VERSION of the -dbg package into `dir` (the
+ * package is 1.7 GB unpacked; tar stops reading once it has the member, which comes early)
+ * and checks that it is a real map: `nm` lines, with _text.
+ */
+export async function extractSystemMap(deb: string, dir: string, kernelVersion: string): Promise<string> {
+  const member = `./usr/lib/debug/boot/System.map-${kernelVersion}`;
+  await runTool('sh', ['-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --occurrence=1 "$3"', 'sh', deb, dir, member], { timeoutMs: EXTRACT_TIMEOUT_MS });
+  const path = join(dir, member);
+  if (!(await exists(path))) throw new Error(`${deb} has no ${member.slice(1)}`);
+  const lines = (await readFile(path, 'latin1')).split('\n').filter((l) => l !== '');
+  const bad = lines.find((l) => !SYSTEM_MAP_LINE.test(l));
+  if (bad !== undefined) throw new Error(`${path} is not a System.map: ${JSON.stringify(bad.slice(0, 80))}`);
+  if (lines.length < MIN_SYSTEM_MAP_SYMBOLS || !lines.some((l) => l.endsWith(' _text'))) throw new Error(`${path} is a placeholder, not the kernel's symbol map`);
+  return path;
 }
 
 /** The x86 boot protocol puts "HdrS" at 0x202 of every bzImage. */

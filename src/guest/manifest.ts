@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { writePrivateFileAtomic } from '../util/durable-file.ts';
 
-export const ARTIFACT_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.raw' } as const;
+/** systemMap is the kernel package's boot/System.map: an oracle for kernel symbol addresses. */
+export const ARTIFACT_FILES = { kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.raw', systemMap: 'System.map' } as const;
 export type ArtifactKind = keyof typeof ARTIFACT_FILES;
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -24,7 +25,14 @@ const manifestSchema = z.object({
   kernelPackage: z.object({ name: z.string(), version: z.string() }),
   cmdline: z.string(),
   modules: z.array(z.string()).optional(),
-  artifacts: z.object({ kernel: artifactSchema.optional(), initrd: artifactSchema.optional(), disk: artifactSchema.optional() }),
+  /** Debian packages the disk's root filesystem takes files from, with their versions. */
+  rootfsPackages: z.array(z.object({ name: z.string(), version: z.string() })).optional(),
+  artifacts: z.object({
+    kernel: artifactSchema.optional(),
+    initrd: artifactSchema.optional(),
+    disk: artifactSchema.optional(),
+    systemMap: artifactSchema.optional(),
+  }),
   updatedAt: z.string(),
 });
 

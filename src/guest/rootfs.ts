@@ -3,12 +3,16 @@
  * the kernel filesystems (securityfs too, so the IMA log is readable), starts a handful of
  * long-running services and prints the ready marker, a root shell on ttyS0, and a clean
  * shutdown path for ACPI power-off (button + evdev modules -> acpid -> poweroff -> init).
+ * tpm2-tools and its shared libraries come from Debian packages (see tpm-tools.ts); an
+ * unprivileged user lets tests run processes as someone other than root (su).
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Busybox } from './busybox.ts';
-import { GUEST_HOSTNAME, GUEST_PROMPT, GUEST_READY_MARKER } from './contract.ts';
+import { GUEST_HOSTNAME, GUEST_PROMPT, GUEST_READY_MARKER, GUEST_USER } from './contract.ts';
+import type { DebPackage } from './debian-packages.ts';
 import { writeTree, type TreeEntry } from './file-tree.ts';
+import { GUEST_TPM_TCTI, type PackagedFiles } from './tpm-tools.ts';
 
 export interface GuestService {
   /** The process name `ps` shows. */
@@ -52,6 +56,8 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# mke2fs -d copies the build host's owners (root); the unprivileged user owns its home.
+chown ${GUEST_USER.name}:${GUEST_USER.name} ${GUEST_USER.home}
 hostname -F /etc/hostname
 ip link set lo up
 
@@ -107,7 +113,9 @@ const POWER_BUTTON = `#!/bin/sh
 exec poweroff
 `;
 
-function rootfsEntries(busybox: Busybox, busyboxBytes: Uint8Array): TreeEntry[] {
+const u = GUEST_USER;
+
+function rootfsEntries(busybox: Busybox, busyboxBytes: Uint8Array, packaged: readonly TreeEntry[]): TreeEntry[] {
   const dir = (path: string, mode = 0o755): TreeEntry => ({ kind: 'dir', path, mode });
   const file = (path: string, content: string, mode = 0o644): TreeEntry => ({ kind: 'file', path, mode, content });
   return [
@@ -121,24 +129,33 @@ function rootfsEntries(busybox: Busybox, busyboxBytes: Uint8Array): TreeEntry[] 
     file('etc/init.d/rcK', STOP_SCRIPT, 0o755),
     file('etc/hostname', `${GUEST_HOSTNAME}\n`),
     file('etc/hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${GUEST_HOSTNAME}\n`),
-    file('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n'),
-    file('etc/group', 'root:x:0:\nnogroup:x:65534:\n'),
-    file('etc/shadow', 'root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n', 0o600),
-    file('etc/profile', `${PATH_LINE}\nexport HOME=/root\nexport PS1='${GUEST_PROMPT}'\n`),
+    dir(u.home.slice(1)),
+    file('etc/passwd', `root:x:0:0:root:/root:/bin/sh\n${u.name}:x:${u.uid}:${u.uid}:${u.name}:${u.home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n`),
+    file('etc/group', `root:x:0:\n${u.name}:x:${u.uid}:\nnogroup:x:65534:\n`),
+    file('etc/shadow', `root:*:19000:0:99999:7:::\n${u.name}:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n`, 0o600),
+    file('etc/shells', '/bin/sh\n'),
+    // A login shell reads this; init starts the console shell with HOME=/, su sets the user's own.
+    file('etc/profile', `${PATH_LINE}\nif [ "$(id -u)" = 0 ]; then export HOME=/root; fi\nexport PS1='${GUEST_PROMPT}'\nexport TPM2TOOLS_TCTI=${GUEST_TPM_TCTI}\n`),
     file('etc/acpi/PWRF/00000080', POWER_BUTTON, 0o755),
     file('var/spool/cron/crontabs/root', '# heartbeat, so crond has work and the log grows\n* * * * * date -u >> /var/log/cron-heartbeat.log\n', 0o600),
     file('srv/www/index.html', '<!doctype html>\n<title>vmseal demo guest</title>\n<p>Served by busybox httpd inside the vmseal demo guest.</p>\n'),
     file('usr/sbin/vmseal-sensord', SENSOR_DAEMON, 0o755),
+    ...packaged,
   ];
 }
 
-/** Writes the root filesystem into the empty directory `dir`. */
-export async function buildRootfs(dir: string, busybox: Busybox): Promise<void> {
-  await writeTree(dir, rootfsEntries(busybox, await readFile(busybox.path)));
+/** Writes the root filesystem, with the packaged files, into the empty directory `dir`. */
+export async function buildRootfs(dir: string, busybox: Busybox, packaged: PackagedFiles): Promise<void> {
+  await writeTree(dir, rootfsEntries(busybox, await readFile(busybox.path), packaged.entries));
 }
 
-/** Identifies what buildRootfs would produce, so a cached disk is rebuilt when the recipe changes. */
-export function rootfsRecipe(busybox: Busybox): string {
-  const entries = rootfsEntries(busybox, Buffer.from(`busybox-static ${busybox.version}`));
-  return createHash('sha256').update(JSON.stringify(entries, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))).digest('hex');
+/**
+ * Identifies what buildRootfs would produce from these package versions, so a cached disk is
+ * rebuilt when the recipe, busybox or any package the rootfs takes files from changes.
+ */
+export function rootfsRecipe(busybox: Busybox, packages: readonly DebPackage[]): string {
+  const entries = rootfsEntries(busybox, Buffer.from(`busybox-static ${busybox.version}`), []);
+  const versions = packages.map((p) => `${p.name}=${p.version}`).sort();
+  const json = JSON.stringify({ entries, packages: versions }, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v));
+  return createHash('sha256').update(json).digest('hex');
 }

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, linkSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, closeSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parseMbr } from '../../src/formats/mbr.ts';
 import { buildGuest, type GuestBuild } from '../../src/guest/build.ts';
 import { GUEST_CMDLINE, GUEST_READY_MARKER } from '../../src/guest/contract.ts';
@@ -54,7 +54,7 @@ async function cachedBuild(): Promise<GuestBuild> {
 
 test('buildGuest returns absolute paths, the exported cmdline and a cloud kernel version', { timeout: BUILD_TIMEOUT }, async () => {
   const g = await cachedBuild();
-  for (const p of [g.kernel, g.initrd, g.disk]) {
+  for (const p of [g.kernel, g.initrd, g.disk, g.systemMap]) {
     assert.ok(p.startsWith('/'), p);
     assert.ok(p.includes(`/guest/${g.kernelVersion}/`), p);
     assert.ok(statSync(p).isFile());
@@ -99,6 +99,33 @@ test('the disk has an MBR with one Linux partition at 1 MiB holding a clean ext4
   assert.match(rcS, new RegExp(`^echo "${GUEST_READY_MARKER}"$`, 'm'));
   assert.match(rcS, /securityfs \/sys\/kernel\/security/);
   assert.match(debugfs(g.disk, 'cat /etc/init.d/rcK').stdout, /mount -o remount,ro \//);
+  for (const path of ['/usr/bin/tpm2', '/usr/bin/tpm2_nvread', '/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0', '/lib64/ld-linux-x86-64.so.2', '/lib/x86_64-linux-gnu/libc.so.6']) {
+    assert.doesNotMatch(debugfs(g.disk, `stat ${path}`).stderr, /not found/, path);
+  }
+  assert.match(debugfs(g.disk, 'cat /etc/passwd').stdout, /^vmseal:x:1000:1000:/m);
+  assert.match(debugfs(g.disk, 'cat /etc/profile').stdout, /^export TPM2TOOLS_TCTI=device:\/dev\/tpmrm0$/m);
+  const manifest = await readManifest(dirname(g.disk));
+  assert.ok(manifest?.rootfsPackages?.some((p) => p.name === 'tpm2-tools'), 'the manifest names the packages the rootfs took files from');
+});
+
+test('a cache without System.map gets it from the -dbg package, and the disk is not rebuilt', { timeout: BUILD_TIMEOUT }, async () => {
+  const g = await cachedBuild();
+  await withTemp(async (cache) => {
+    const from = dirname(g.disk);
+    const dir = join(cache, 'guest', g.kernelVersion);
+    mkdirSync(dir, { recursive: true });
+    // Hard links: an artifact that is rebuilt lands by rename and leaves the shared inode alone.
+    for (const f of ['vmlinuz', 'initrd.img', 'disk.raw']) linkSync(join(from, f), join(dir, f));
+    const manifest = (await readManifest(from))!;
+    delete manifest.artifacts.systemMap;
+    writeFileSync(join(dir, 'manifest.json'), JSON.stringify(manifest));
+    const progress: string[] = [];
+    const again = await buildGuest({ cacheDir: cache, onProgress: (m) => progress.push(m) });
+    assert.ok(progress.includes('building: systemMap'), progress.join('\n'));
+    assert.deepEqual(readFileSync(again.systemMap), readFileSync(g.systemMap));
+    for (const f of ['vmlinuz', 'initrd.img', 'disk.raw']) assert.equal(statSync(join(dir, f)).ino, statSync(join(from, f)).ino, `${f} kept`);
+    assert.deepEqual((await readManifest(dir))?.artifacts.systemMap, (await readManifest(from))?.artifacts.systemMap);
+  });
 });
 
 test('the initramfs holds /init and the modules in dependency order', { timeout: BUILD_TIMEOUT }, async () => {
@@ -129,11 +156,11 @@ test('the initramfs holds /init and the modules in dependency order', { timeout:
 
 test('a second call reuses the cache without touching the artifacts', { timeout: BUILD_TIMEOUT }, async () => {
   const g = await cachedBuild();
-  const before = [g.kernel, g.initrd, g.disk].map((p) => statSync(p).mtimeMs);
+  const before = [g.kernel, g.initrd, g.disk, g.systemMap].map((p) => statSync(p).mtimeMs);
   const progress: string[] = [];
   const again = await buildGuest({ onProgress: (m) => progress.push(m) });
   assert.deepEqual(again, g);
-  assert.deepEqual([again.kernel, again.initrd, again.disk].map((p) => statSync(p).mtimeMs), before);
+  assert.deepEqual([again.kernel, again.initrd, again.disk, again.systemMap].map((p) => statSync(p).mtimeMs), before);
   assert.ok(progress.some((m) => m.startsWith('cached guest is complete')), progress.join('\n'));
   assert.ok(!progress.some((m) => m.startsWith('downloading') || m.startsWith('building')), progress.join('\n'));
 });
@@ -160,7 +187,7 @@ test('vmseal guest build --json prints the build as its last stdout line', { tim
 function fakeBuild(cache: string, version: string, updatedAt: string, complete = true): void {
   const dir = join(cache, 'guest', version);
   mkdirSync(dir, { recursive: true });
-  const files = { kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.raw' } as const;
+  const files = { kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.raw', systemMap: 'System.map' } as const;
   const manifest: Manifest = {
     kernelVersion: version,
     kernelPackage: { name: `linux-image-${version}`, version: '1' },
