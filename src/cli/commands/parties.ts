@@ -4,9 +4,7 @@ import type { Command } from 'commander';
  * The parties whose protocols are still being built. Each has its command group already, so the CLI's
  * shape is stable; running one says plainly which capability is missing instead of pretending.
  */
-const PENDING: Array<{ name: string; summary: string; arrives: string }> = [
-  { name: 'ids', summary: 'the offloaded intrusion detector and its kernel profiles', arrives: 'secure offloaded monitoring (issue #4)' },
-];
+const PENDING: Array<{ name: string; summary: string; arrives: string }> = [];
 
 export function registerPartyPlaceholders(program: Command): void {
   for (const p of PENDING) {
