@@ -5,14 +5,20 @@
  *   GET  /v1/ca                          -> { certificate }            the provider CA certificate (PEM)
  *   POST /v1/hosts/enroll                { hostId, hpkePublicKey, token } -> { certificate }
  *   GET  /v1/hosts/:hostId/certificate   -> { hostId, certificate }    404 NO_CERTIFICATE if never enrolled
+ *   GET  /v1/ids/authority-key           -> { publicKey, signature }   the IDS heartbeat HPKE key, signed by the CA
+ *   POST /v1/ids/sign                    { header, sealedSessionKey, sealedHeartbeatKey } -> { signature }
+ *                                        (src/formats/protocol/ids-registration.ts; docs/ids.md)
  */
 import { z } from 'zod';
 import { HOST_ID_PATTERN } from './ca.ts';
 import { ENROLLMENT_TOKEN_PATTERN, type EnrollmentRefusalCode } from './enrollment-tokens.ts';
+import type { IdsSignRefusalCode } from './ids-signing.ts';
 
 export const CA_ROUTE = '/v1/ca';
 export const ENROLL_ROUTE = '/v1/hosts/enroll';
 export const HOST_CERTIFICATE_ROUTE = '/v1/hosts/:hostId/certificate';
+export const IDS_AUTHORITY_KEY_ROUTE = '/v1/ids/authority-key';
+export const IDS_SIGN_ROUTE = '/v1/ids/sign';
 
 /** Requests are tiny; anything larger is refused before it is parsed. */
 export const MAX_REQUEST_BYTES = 4096;
@@ -45,6 +51,7 @@ export type AuthorityErrorCode =
   | 'NOT_FOUND'
   | 'NO_CERTIFICATE'
   | 'INTERNAL'
-  | EnrollmentRefusalCode;
+  | EnrollmentRefusalCode
+  | IdsSignRefusalCode;
 
 export const errorResponseSchema = z.object({ error: z.string().max(1000), code: z.string().max(64) });

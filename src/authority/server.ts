@@ -11,6 +11,8 @@ import {
   CA_ROUTE,
   ENROLL_ROUTE,
   HOST_CERTIFICATE_ROUTE,
+  IDS_AUTHORITY_KEY_ROUTE,
+  IDS_SIGN_ROUTE,
   MAX_REQUEST_BYTES,
   enrollRequestSchema,
   hostIdSchema,
@@ -20,6 +22,12 @@ import type { Authority } from './authority-dir.ts';
 import { CaError, HOST_MAX_VALIDITY_DAYS, checkHostHpkePublicKey, issueHostCertificate } from './ca.ts';
 import { EnrollmentRefusal, claimEnrollmentToken, type EnrollmentClaim } from './enrollment-tokens.ts';
 import { publishHostCertificate, readHostCertificate } from './host-registry.ts';
+import type { HeartbeatRegistry } from './heartbeat-registry.ts';
+import { HeartbeatService } from './heartbeat.ts';
+import { registerHeartbeatRoutes } from './heartbeat-routes.ts';
+import { IdsSignRefusal, signIdsRegistration, signedAuthorityIdsKey } from './ids-signing.ts';
+import { ProtocolError } from '../formats/protocol/fields.ts';
+import { decodeIdsRegistrationBlobs, idsSignRequestSchema } from '../formats/protocol/ids-registration.ts';
 
 export const DEFAULT_HOST_CERTIFICATE_DAYS = 365;
 
@@ -33,6 +41,8 @@ export interface AuthorityServerOptions {
   logLevel?: AuthorityLogLevel;
   /** The clock used for token expiry and certificate validity (tests move it). */
   now?: () => Date;
+  /** Receives the heartbeat key of each signed IDS registration; without it, IDS registrations are refused. */
+  heartbeats?: HeartbeatRegistry;
 }
 
 const STATUS: Record<AuthorityErrorCode, number> = {
@@ -47,6 +57,10 @@ const STATUS: Record<AuthorityErrorCode, number> = {
   TOKEN_USED: 403,
   TOKEN_EXPIRED: 403,
   TOKEN_HOST_MISMATCH: 403,
+  UNAPPROVED_IDS: 403,
+  HOST_UNKNOWN: 403,
+  STALE: 403,
+  REPLAY: 403,
 };
 
 function sendError(reply: FastifyReply, code: AuthorityErrorCode, error: string): FastifyReply {
@@ -139,6 +153,33 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
     if (certificate === undefined) return sendError(reply, 'NO_CERTIFICATE', `host ${hostId.data} has no certificate`);
     return { hostId: hostId.data, certificate };
   });
+
+  const idsKey = signedAuthorityIdsKey(authority);
+  app.get(IDS_AUTHORITY_KEY_ROUTE, async () => ({ publicKey: idsKey.publicKey.toString('base64'), signature: idsKey.signature.toString('base64') }));
+
+  app.post(IDS_SIGN_ROUTE, async (request, reply) => {
+    const parsed = idsSignRequestSchema.safeParse(request.body);
+    if (!parsed.success) return sendError(reply, 'BAD_REQUEST', describeIssues(parsed.error));
+    let blobs;
+    try {
+      blobs = decodeIdsRegistrationBlobs(parsed.data);
+    } catch (err) {
+      if (err instanceof ProtocolError) return sendError(reply, 'BAD_REQUEST', err.message);
+      throw err;
+    }
+    if (!opts.heartbeats) return sendError(reply, 'INTERNAL', 'this authority runs no heartbeat service, so it registers no IDS');
+    try {
+      const signature = await signIdsRegistration(authority, opts.heartbeats, blobs, now());
+      request.log.info({ sessionId: blobs.header.sessionId, vmId: blobs.header.vmId, hostId: blobs.header.hostId }, 'IDS registration signed');
+      return { signature: signature.toString('base64') };
+    } catch (err) {
+      if (!(err instanceof IdsSignRefusal)) throw err;
+      request.log.warn({ code: err.code, measurement: blobs.header.measurement, vmId: blobs.header.vmId }, 'IDS registration refused');
+      return sendError(reply, err.code, err.message);
+    }
+  });
+
+  if (opts.heartbeats instanceof HeartbeatService) registerHeartbeatRoutes(app, opts.heartbeats);
 
   return app;
 }

@@ -9,6 +9,8 @@ import { registerTenantCommands } from './commands/tenant.ts';
 import { registerMgmtCommands } from './commands/mgmt.ts';
 import { registerImageCommands } from './commands/image.ts';
 import { registerVmCommands } from './commands/vm.ts';
+import { registerIdsCommands } from './commands/ids.ts';
+import { registerIdsEnclaveCommands } from './commands/ids-enclave.ts';
 
 const program = new Command()
   .name('vmseal')
@@ -25,6 +27,7 @@ registerMgmtCommands(program);
 registerAuthorityCommands(program);
 registerImageCommands(program);
 registerVmCommands(program);
+registerIdsEnclaveCommands(registerIdsCommands(program));
 registerPartyPlaceholders(program);
 registerDiskCommands(program);
 registerGuestCommands(program);

@@ -6,7 +6,10 @@
 import { rm } from 'node:fs/promises';
 import type Database from 'better-sqlite3';
 import type { VmOp } from '../formats/protocol/command.ts';
+import type { MemorySource } from '../formats/protocol/ids-read.ts';
+import type { IdsRegisterRequestWire } from '../formats/protocol/ids-registration.ts';
 import type { LaunchBundle } from '../formats/protocol/launch-bundle.ts';
+import { pinnedCaPublicKey } from '../crypto/host-certificate.ts';
 import type { BlockBackend } from './disk/backend.ts';
 import { openCommand, sealCommandResult } from './identity/command-gate.ts';
 import { newVmId, sealIdentityProof } from './identity/identity-proof.ts';
@@ -15,6 +18,9 @@ import { deriveVmKeys, type VmKeys } from './identity/vm-keys.ts';
 import { ConsoleSession } from './identity/console-session.ts';
 import { openLaunchBundle, takeBootFiles, type HostIdentity } from './launch/bundle-open.ts';
 import { DiskLaunch } from './launch/disk-launch.ts';
+import { openGuestIntrospection, type GuestIntrospection } from './introspect/guest-introspection.ts';
+import { IdsSessions } from './introspect/ids-sessions.ts';
+import { DirectMemorySource } from './introspect/read-executor.ts';
 import { AlertLog, type AlertKind } from './state/alerts.ts';
 import { VmCounters } from './state/vm-counters.ts';
 import { createRunDir } from './vm/run-dir.ts';
@@ -32,12 +38,15 @@ export interface SealedDiskRequest {
 export type OpenSealedDisk = (req: SealedDiskRequest) => Promise<BlockBackend>;
 
 export interface MonitorOptions {
-  host: HostIdentity & { certificatePem: string };
+  /** caCertificatePem: the CA pinned at `vmseal host init`; IDS registrations are verified with it. */
+  host: HostIdentity & { certificatePem: string; caCertificatePem?: string };
   db: Database.Database;
   openSealedDisk: OpenSealedDisk;
   accel?: 'tcg' | 'kvm' | 'auto';
   memoryMiB?: number;
   runDirBase?: string;
+  /** Benchmark configuration (b) only: the IDS channel runs unencrypted. Never set by `vmseal host run`. */
+  benchPlainIdsChannel?: boolean;
 }
 
 export interface LaunchRequest {
@@ -55,7 +64,14 @@ interface RunningVm {
   bootDir: string;
   exited: boolean;
   consoles: Map<string, ConsoleSession>;
+  /** The tenant's launch policy: IDS measurements allowed to introspect this VM. */
+  idsMeasurements: readonly string[];
+  /** Opened on the first IDS read; `refreshedAt` is when its kernel CR3 was last read. */
+  introspection?: Promise<{ gi: GuestIntrospection; refreshedAt: number }>;
 }
+
+/** How stale the kernel CR3 used for IDS reads may get: the process it belongs to may exit. */
+const CR3_REFRESH_MS = 1000;
 
 /** Console sessions per VM; opening one more closes the oldest. */
 const MAX_CONSOLE_SESSIONS = 4;
@@ -68,10 +84,20 @@ export class Monitor {
   readonly alerts: AlertLog;
   readonly #counters: VmCounters;
   readonly #vms = new Map<string, RunningVm>();
+  readonly #ids: IdsSessions;
 
   constructor(private readonly opts: MonitorOptions) {
     this.alerts = new AlertLog(opts.db);
     this.#counters = new VmCounters(opts.db);
+    const ca = opts.host.caCertificatePem;
+    this.#ids = new IdsSessions({
+      db: opts.db,
+      hostId: opts.host.hostId,
+      hostPrivateKey: opts.host.privateKey,
+      caPublicKey: ca === undefined ? undefined : pinnedCaPublicKey(ca),
+      alerts: this.alerts,
+      ...(opts.benchPlainIdsChannel === true ? { benchPlainChannel: true } : {}),
+    });
   }
 
   get hostId(): string {
@@ -116,11 +142,12 @@ export class Monitor {
         ...(this.opts.runDirBase ? { runDirBase: this.opts.runDirBase } : {}),
       });
       if (badDisk) void launch.stop(1000);
-      const vm: RunningVm = { vmId, keys, launch, bootDir, exited: false, consoles: new Map() };
+      const vm: RunningVm = { vmId, keys, launch, bootDir, exited: false, consoles: new Map(), idsMeasurements: bundle.policy.idsMeasurements };
       this.#vms.set(vmId, vm);
       // The VM counts as shut down once its disk is closed too, so a relaunch finds the image free.
       void launch.vm.waitForExit(2 ** 31 - 1).then(async () => {
         for (const c of vm.consoles.values()) c.close();
+        this.#closeIntrospection(vm);
         await launch.stop();
         await rm(bootDir, { recursive: true, force: true });
         vm.exited = true;
@@ -238,6 +265,42 @@ export class Monitor {
     }
   }
 
+  /** Registers an IDS session key for a VM (docs/ids.md); refusals are logged by IdsSessions. */
+  async idsRegister(vmId: string, req: IdsRegisterRequestWire): Promise<{ sessionId: string }> {
+    const vm = this.#vm(vmId);
+    if (vm.exited) throw new Error('the VM has shut down');
+    return this.#ids.register({ vmId, idsMeasurements: vm.idsMeasurements }, req);
+  }
+
+  /** Answers one IDS channel request frame with its response frame. */
+  idsRead(sessionId: string, frame: Buffer): Promise<Buffer> {
+    return this.#ids.read(sessionId, frame, (vmId) => this.#guestMemory(vmId));
+  }
+
+  async #guestMemory(vmId: string): Promise<MemorySource> {
+    const vm = this.#vm(vmId);
+    if (vm.exited) throw new Error('the VM has shut down');
+    vm.introspection ??= openGuestIntrospection(vm.launch.vm).then((gi) => ({ gi, refreshedAt: Date.now() }));
+    let handle;
+    try {
+      handle = await vm.introspection;
+    } catch (err) {
+      delete vm.introspection; // e.g. QMP busy: the next request tries again
+      throw err;
+    }
+    if (Date.now() - handle.refreshedAt > CR3_REFRESH_MS) {
+      await handle.gi.refresh();
+      handle.refreshedAt = Date.now();
+    }
+    return new DirectMemorySource(handle.gi.reader);
+  }
+
+  #closeIntrospection(vm: RunningVm): void {
+    this.#ids.dropVm(vm.vmId);
+    void vm.introspection?.then((h) => h.gi.close(), () => undefined);
+    delete vm.introspection;
+  }
+
   async list(): Promise<Array<{ vmId: string; state: string }>> {
     return Promise.all([...this.#vms.values()].map(async (vm) => ({ vmId: vm.vmId, state: await this.#state(vm) })));
   }
@@ -245,6 +308,7 @@ export class Monitor {
   /** Stops every VM (QEMU, export, private files). */
   async close(): Promise<void> {
     await Promise.all([...this.#vms.values()].map(async (vm) => {
+      this.#closeIntrospection(vm);
       await vm.launch.stop(2000);
       await rm(vm.bootDir, { recursive: true, force: true });
     }));

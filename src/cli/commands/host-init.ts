@@ -3,7 +3,7 @@ import { HOST_ID_PATTERN } from '../../formats/protocol/host-certificate.ts';
 import { enrollHost, fetchCaCertificate, parseAuthorityUrl } from '../../authority/http-client.ts';
 import { caFingerprint, parseFingerprint } from '../../client/ca-fingerprint.ts';
 import { verifyHostCertificate } from '../../client/host-cert.ts';
-import { HostKeysError, initHostKeys, loadHostKeys, saveHostCertificate, type HostKeys } from '../../monitor/state/host-keys.ts';
+import { HostKeysError, initHostKeys, loadHostKeys, saveCaCertificate, saveHostCertificate, type HostKeys } from '../../monitor/state/host-keys.ts';
 
 interface HostInitOptions {
   dir: string;
@@ -60,6 +60,8 @@ export function registerHostInit(host: Command): void {
       const verified = verifyHostCertificate(certificatePem, caPem, { expectedHostId: opts.hostId });
       if (!verified.hpkePublicKey.equals(keys.publicKey)) throw new Error('the authority certified a different key than this host sent; certificate not saved');
       await saveHostCertificate(opts.dir, certificatePem);
+      // The monitor verifies the authority's IDS registration signatures with this CA.
+      await saveCaCertificate(opts.dir, caPem);
       process.stdout.write(`host ${verified.hostId} enrolled: certificate serial ${verified.serialNumber}, valid until ${verified.notAfter.toISOString()}\n`);
       process.stdout.write(`CA fingerprint (SHA-256): ${fingerprint}\n`);
     });

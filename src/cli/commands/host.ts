@@ -45,7 +45,12 @@ export function registerHostCommands(program: Command): void {
       if (!keys.certificatePem) throw new Error(`host ${keys.hostId} has no certificate yet; enroll it with vmseal host init`);
       const db = MonitorDb.open(path.join(opts.dir, 'monitor.db'));
       const monitor = new Monitor({
-        host: { hostId: keys.hostId, privateKey: keys.privateKey, certificatePem: keys.certificatePem },
+        host: {
+          hostId: keys.hostId,
+          privateKey: keys.privateKey,
+          certificatePem: keys.certificatePem,
+          ...(keys.caCertificatePem !== undefined ? { caCertificatePem: keys.caCertificatePem } : {}),
+        },
         db: db.sql,
         openSealedDisk: sealedDiskOpener(db),
         accel: opts.accel,

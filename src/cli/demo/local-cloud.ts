@@ -66,7 +66,7 @@ export async function startLocalCloud(opts: LocalCloudOptions): Promise<LocalClo
     const db = MonitorDb.open(path.join(dir('host'), 'monitor.db'));
     closers.push(() => db.close());
     const monitor = new Monitor({
-      host: { hostId, privateKey: keys.privateKey, certificatePem },
+      host: { hostId, privateKey: keys.privateKey, certificatePem, caCertificatePem: authority.ca.certPem },
       db: db.sql,
       openSealedDisk: sealedDiskOpener(db),
       accel: opts.accel ?? 'tcg',

@@ -14,8 +14,13 @@ export const COMMAND_MAX_BYTES = 4096;
 export const VM_OPS = ['pause', 'resume', 'shutdown', 'poweroff', 'reboot', 'status'] as const;
 export type VmOp = (typeof VM_OPS)[number];
 
-/** Why a monitor refuses a command or a launch; shown to the tenant by name. */
-export const REFUSALS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL'] as const;
+/**
+ * Why a monitor refuses a command, a launch or an IDS request; shown by name. The IDS ones
+ * (docs/ids.md): BAD_SIGNATURE (no valid authority signature), WRONG_VM (another VM or host),
+ * POLICY (the tenant's launch policy does not allow the measurement); REPLAY and TAMPER also cover
+ * IDS registrations and channel frames.
+ */
+export const REFUSALS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_SIGNATURE', 'WRONG_VM', 'POLICY'] as const;
 export type Refusal = (typeof REFUSALS)[number];
 
 export const commandSchema = z.strictObject({

@@ -1,7 +1,7 @@
 /**
  * monitor/api: HTTP over a unix socket (0660: the monitor user and the management plane's group). Every body is
- * validated with zod; a refusal answers 403 with its code (REDIRECT, REPLAY, TAMPER, BAD_KERNEL)
- * after the monitor has logged it.
+ * validated with zod; a refusal answers 403 with its code (REDIRECT, REPLAY, TAMPER, BAD_KERNEL, and for
+ * IDS registrations BAD_SIGNATURE, WRONG_VM, POLICY) after the monitor has logged it.
  */
 import { realpath, stat, chmod, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -17,6 +17,8 @@ import {
 } from '../../formats/protocol/monitor-api.ts';
 import { consoleFramesQuerySchema, consoleInputRequestSchema, consoleOpenRequestSchema, sessionIdHex } from '../../formats/protocol/console-frame.ts';
 import { vmIdHex } from '../../formats/protocol/fields.ts';
+import { idsRegisterRequestSchema, sessionIdHex as idsSessionIdHex } from '../../formats/protocol/ids-registration.ts';
+import { UnknownIdsSessionError } from '../introspect/ids-sessions.ts';
 import { RefusalError } from '../identity/refusal.ts';
 import { UnknownVmError, type Monitor } from '../monitor.ts';
 
@@ -56,7 +58,7 @@ function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   let body: ErrorResponseWire = { error: 'internal error', code: 'INTERNAL' };
   if (err instanceof RefusalError) [status, body] = [403, { error: err.message, code: err.code }];
   else if (err instanceof BadRequest || err instanceof ProtocolError) [status, body] = [400, { error: err.message, code: 'BAD_REQUEST' }];
-  else if (err instanceof UnknownVmError) [status, body] = [404, { error: err.message, code: 'NOT_FOUND' }];
+  else if (err instanceof UnknownVmError || err instanceof UnknownIdsSessionError) [status, body] = [404, { error: err.message, code: 'NOT_FOUND' }];
   else if (err instanceof Error) body = { error: err.message, code: 'INTERNAL' };
   return reply.code(status).send(body);
 }
@@ -127,6 +129,30 @@ export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyI
       const { frame } = parse(consoleInputRequestSchema, req.body, 'console input');
       monitor.consoleInput(vmId, sessionId, Buffer.from(frame, 'base64'));
       return reply.send({ accepted: true });
+    } catch (err) {
+      return sendError(reply, err);
+    }
+  });
+
+  // IDS channel (docs/ids.md): the host library relays the enclave's registration and sealed frames.
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+
+  app.post('/v1/vms/:vmId/ids/sessions', async (req, reply) => {
+    try {
+      const { vmId } = parse(vmIdParamsSchema, req.params, 'VM id');
+      const body = parse(idsRegisterRequestSchema, req.body, 'IDS registration');
+      return reply.code(201).send(await monitor.idsRegister(vmId, body));
+    } catch (err) {
+      return sendError(reply, err);
+    }
+  });
+
+  app.post('/v1/ids/sessions/:sessionId/reads', async (req, reply) => {
+    try {
+      const { sessionId } = parse(z.strictObject({ sessionId: idsSessionIdHex }), req.params, 'IDS session');
+      if (!Buffer.isBuffer(req.body)) throw new BadRequest('IDS request frame must be application/octet-stream');
+      const frame = await monitor.idsRead(sessionId, req.body);
+      return reply.type('application/octet-stream').send(frame);
     } catch (err) {
       return sendError(reply, err);
     }

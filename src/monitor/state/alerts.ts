@@ -4,7 +4,7 @@
  */
 import type Database from 'better-sqlite3';
 
-export const ALERT_KINDS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_KEY_OR_DISK', 'DISK_FAILURE'] as const;
+export const ALERT_KINDS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_KEY_OR_DISK', 'DISK_FAILURE', 'BAD_SIGNATURE', 'WRONG_VM', 'POLICY'] as const;
 export type AlertKind = (typeof ALERT_KINDS)[number];
 
 export interface Alert {

@@ -5,6 +5,8 @@
  *   host.json          { version, hostId, hpkePublicKey (base64), createdAt }; written after the key,
  *                      so its presence marks a complete key pair
  *   host-cert.pem      the certificate the authority issued for the key (absent until enrolled)
+ *   ca-cert.pem        the provider CA certificate pinned at enrollment: it verifies the authority's
+ *                      IDS registration signatures (absent for hosts enrolled before it was kept)
  *
  * Loading re-derives the public key from the private key and checks that host.json and the
  * certificate name that same key, so a swapped or mixed-up file is refused rather than used.
@@ -20,6 +22,7 @@ import { generateHpkeKeyPair, hpkePublicKeyFromPrivate } from '../../crypto/hpke
 export const HOST_PRIVATE_KEY_FILE = 'hpke-private.pem';
 export const HOST_INFO_FILE = 'host.json';
 export const HOST_CERTIFICATE_FILE = 'host-cert.pem';
+export const CA_CERTIFICATE_FILE = 'ca-cert.pem';
 
 export interface HostKeys {
   hostId: string;
@@ -29,6 +32,8 @@ export interface HostKeys {
   privateKey: Buffer;
   /** The authority's certificate for publicKey, once the host has enrolled. */
   certificatePem: string | undefined;
+  /** The provider CA certificate pinned at enrollment. */
+  caCertificatePem: string | undefined;
 }
 
 /** Host key state that is missing, unsafe or inconsistent. */
@@ -86,7 +91,8 @@ export async function initHostKeys(dir: string, hostId: string, opts: { force?: 
   await writePrivateFileAtomic(join(dir, HOST_PRIVATE_KEY_FILE), privateKey.export({ format: 'pem', type: 'pkcs8' }).toString());
   const info: z.infer<typeof hostInfoSchema> = { version: 1, hostId, hpkePublicKey: pair.publicKey.toString('base64'), createdAt: new Date().toISOString() };
   await writePrivateFileAtomic(infoPath, `${JSON.stringify(info, null, 2)}\n`);
-  return { hostId, publicKey: pair.publicKey, privateKey: pair.privateKey, certificatePem: undefined };
+  await rm(join(dir, CA_CERTIFICATE_FILE), { force: true });
+  return { hostId, publicKey: pair.publicKey, privateKey: pair.privateKey, certificatePem: undefined, caCertificatePem: undefined };
 }
 
 /** The public key a PEM certificate certifies, if it is an X25519 key. */
@@ -139,7 +145,11 @@ export async function loadHostKeys(dir: string): Promise<HostKeys> {
     }
     if (!certified?.equals(publicKey)) throw new HostKeysError('MISMATCH', `${HOST_CERTIFICATE_FILE} certifies a different key than the host holds`);
   }
-  return { hostId: info.hostId, publicKey, privateKey, certificatePem };
+  const caCertificatePem = await readFile(join(dir, CA_CERTIFICATE_FILE), 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  return { hostId: info.hostId, publicKey, privateKey, certificatePem, caCertificatePem };
 }
 
 /**
@@ -156,4 +166,14 @@ export async function saveHostCertificate(dir: string, certificatePem: string): 
   }
   if (!certified?.equals(keys.publicKey)) throw new HostKeysError('MISMATCH', 'the certificate is for a different key than this host holds');
   await writePrivateFileAtomic(join(dir, HOST_CERTIFICATE_FILE), certificatePem);
+}
+
+/** Pins the provider CA certificate (the caller has checked it: fingerprint and the host certificate's chain). */
+export async function saveCaCertificate(dir: string, caCertificatePem: string): Promise<void> {
+  try {
+    if (!new X509Certificate(caCertificatePem).ca) throw new Error('not a CA certificate');
+  } catch (err) {
+    throw new HostKeysError('CORRUPT', `not a CA certificate: ${(err as Error).message}`);
+  }
+  await writePrivateFileAtomic(join(dir, CA_CERTIFICATE_FILE), caCertificatePem);
 }

@@ -45,6 +45,42 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 2,
+    name: 'IDS session ids ever registered',
+    // Kept for good: a session id registers once per monitor, even across restarts (docs/ids.md).
+    sql: `
+      CREATE TABLE ids_sessions (
+        session_id    TEXT PRIMARY KEY CHECK (length(session_id) = 32),
+        vm_id         TEXT NOT NULL CHECK (length(vm_id) = 32),
+        measurement   TEXT NOT NULL CHECK (length(measurement) = 64),
+        registered_at INTEGER NOT NULL
+      ) STRICT;
+    `,
+  },
+  {
+    version: 3,
+    name: 'vTPM NV index owners and read grants',
+    // Tokens are AEAD under the NV manager key (monitor/vtpm/nv-token.ts); the plain columns only index them.
+    sql: `
+      CREATE TABLE nv_owners (
+        nv_index   INTEGER PRIMARY KEY,
+        owner      TEXT NOT NULL CHECK (length(owner) = 32),
+        data_size  INTEGER NOT NULL,
+        token      BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX nv_owners_by_owner ON nv_owners (owner);
+      CREATE TABLE nv_grants (
+        nv_index      INTEGER NOT NULL,
+        grantee       TEXT NOT NULL CHECK (length(grantee) = 32),
+        grantee_vm_id TEXT NOT NULL CHECK (length(grantee_vm_id) = 32),
+        token         BLOB NOT NULL,
+        created_at    INTEGER NOT NULL,
+        PRIMARY KEY (nv_index, grantee)
+      ) STRICT;
+    `,
+  },
 ];
 
 const HASH_BYTES = 32;
