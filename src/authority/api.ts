@@ -3,7 +3,7 @@
  * the CA). All bodies are JSON; errors are `{ error, code }` with a 4xx/5xx status.
  *
  *   GET  /v1/ca                          -> { certificate }            the provider CA certificate (PEM)
- *   POST /v1/hosts/enroll                { hostId, hpkePublicKey, token } -> { certificate }
+ *   POST /v1/hosts/enroll                { hostId, hpkePublicKey, token, vtpmCaPublicKey? } -> { certificate, vtpmCaCertificate? }
  *   GET  /v1/hosts/:hostId/certificate   -> { hostId, certificate }    404 NO_CERTIFICATE if never enrolled
  *   GET  /v1/ids/authority-key           -> { publicKey, signature }   the IDS heartbeat HPKE key, signed by the CA
  *   POST /v1/ids/sign                    { header, sealedSessionKey, sealedHeartbeatKey } -> { signature }
@@ -38,10 +38,13 @@ export const enrollRequestSchema = z.strictObject({
   hostId: hostIdSchema,
   hpkePublicKey: raw32Base64,
   token: z.string().regex(ENROLLMENT_TOKEN_PATTERN, 'must be an enrollment token as printed by `vmseal authority enroll-host`'),
+  /** The host's vTPM CA public key (SPKI PEM), certified as a CA below the root at the same time. */
+  vtpmCaPublicKey: z.string().min(1).max(MAX_PEM_CHARS).optional(),
 });
 
 const pem = z.string().min(1).max(MAX_PEM_CHARS);
 export const certificateResponseSchema = z.object({ certificate: pem });
+export const enrollResponseSchema = z.object({ certificate: pem, vtpmCaCertificate: pem.optional() });
 
 export type AuthorityErrorCode =
   | 'BAD_REQUEST' // malformed JSON, schema violation, unknown fields

@@ -2,7 +2,7 @@
  * The provider CA: an Ed25519 root that certifies each host's X25519 HPKE key (the role of the
  * host-key certificate in Secure Execution). Certificate profile, checked by src/client/host-cert.ts:
  *
- *   root  self-signed, Ed25519, basicConstraints CA (critical, pathLen 0), keyUsage keyCertSign|cRLSign
+ *   root  self-signed, Ed25519, basicConstraints CA (critical, pathLen 1: a host's vTPM CA sits below it), keyUsage keyCertSign|cRLSign
  *         (critical), subjectKeyIdentifier; 10 years by default.
  *   host  subject CN = hostId, subject key X25519 (SPKI OID 1.3.101.110, 32 bytes), signed Ed25519 by the
  *         root, basicConstraints CA false (critical), keyUsage keyAgreement only (critical),
@@ -75,7 +75,7 @@ export async function createCa(opts: { commonName: string; validityDays?: number
     notBefore: new Date(now.getTime() - BACKDATE_MS),
     notAfter: new Date(now.getTime() + days * DAY_MS),
     extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.BasicConstraintsExtension(true, 1, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
@@ -167,6 +167,60 @@ export async function issueHostCertificate(ca: CaMaterial, req: HostCertificateR
       new x509.ExtendedKeyUsageExtension([VMSEAL_HOST_HPKE_KEY_OID], false),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
       await x509.SubjectKeyIdentifierExtension.create(hostKey),
+    ],
+  });
+  return cert.toString('pem');
+}
+
+/** Parses a vTPM CA public key (SPKI PEM): RSA 2048-8192 (what swtpm_cert signs with) or ECDSA P-256. */
+export function checkVtpmCaPublicKey(publicKeyPem: string): KeyObject {
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: publicKeyPem, format: 'pem' });
+  } catch (err) {
+    throw new CaError(`vTPM CA public key is not a PEM public key: ${(err as Error).message}`);
+  }
+  const rsaBits = key.asymmetricKeyDetails?.modulusLength ?? 0;
+  const okRsa = key.asymmetricKeyType === 'rsa' && rsaBits >= 2048 && rsaBits <= 8192;
+  const okEc = key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+  if (!okRsa && !okEc) throw new CaError('vTPM CA key must be RSA 2048-8192 or ECDSA P-256');
+  return key;
+}
+
+/**
+ * Certifies a host's vTPM CA (the key swtpm signs each VM's EK certificate with, and the monitor each AK
+ * certificate): a CA of its own, one level below the root and allowed to issue only end-entity
+ * certificates, named after the host so a verifier can tell which host vouches for a vTPM.
+ */
+export async function issueVtpmCaCertificate(
+  ca: CaMaterial,
+  req: { hostId: string; publicKeyPem: string; validityDays: number; now?: Date },
+): Promise<string> {
+  if (!HOST_ID_PATTERN.test(req.hostId)) throw new CaError(`host id must match ${HOST_ID_PATTERN}`);
+  checkDays(req.validityDays, HOST_MAX_VALIDITY_DAYS, 'vTPM CA certificate validity');
+  const key = checkVtpmCaPublicKey(req.publicKeyPem);
+  const okRsa = key.asymmetricKeyType === 'rsa';
+  const { cert: caCert, signingKey } = await loadCa(ca);
+  const now = req.now ?? new Date();
+  const notAfter = new Date(now.getTime() + req.validityDays * DAY_MS);
+  if (notAfter > caCert.notAfter) throw new CaError('vTPM CA certificate would outlive the CA certificate');
+  const spki = key.export({ format: 'der', type: 'spki' });
+  const algorithm = okRsa ? { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' } : { name: 'ECDSA', namedCurve: 'P-256' };
+  const publicKey = await webcrypto.subtle.importKey('spki', spki, algorithm, true, ['verify']);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: [{ CN: [`vmseal vTPM CA ${req.hostId}`] }],
+    issuer: caCert.subjectName,
+    publicKey,
+    signingKey,
+    signingAlgorithm: { name: 'Ed25519' },
+    notBefore: new Date(now.getTime() - BACKDATE_MS),
+    notAfter,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert),
+      await x509.SubjectKeyIdentifierExtension.create(publicKey),
     ],
   });
   return cert.toString('pem');

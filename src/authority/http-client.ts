@@ -9,6 +9,7 @@ import {
   ENROLL_ROUTE,
   MAX_RESPONSE_BYTES,
   certificateResponseSchema,
+  enrollResponseSchema,
   errorResponseSchema,
 } from './api.ts';
 
@@ -90,13 +91,24 @@ export async function fetchCaCertificate(authorityUrl: string): Promise<string> 
   return (await call(authorityUrl, CA_ROUTE, certificateResponseSchema)).certificate;
 }
 
-/** Redeems a host's enrollment token; returns the issued certificate (PEM), still to be verified. */
-export async function enrollHost(authorityUrl: string, req: { hostId: string; hpkePublicKey: Uint8Array; token: string }): Promise<string> {
-  const body = JSON.stringify({ hostId: req.hostId, hpkePublicKey: Buffer.from(req.hpkePublicKey).toString('base64'), token: req.token });
-  const res = await call(authorityUrl, ENROLL_ROUTE, certificateResponseSchema, {
+/**
+ * Redeems a host's enrollment token; returns the issued certificate (PEM), still to be verified, and the
+ * vTPM CA certificate when a vTPM CA key was sent.
+ */
+export async function enrollHost(
+  authorityUrl: string,
+  req: { hostId: string; hpkePublicKey: Uint8Array; token: string; vtpmCaPublicKey?: string },
+): Promise<{ certificate: string; vtpmCaCertificate?: string }> {
+  const body = JSON.stringify({
+    hostId: req.hostId,
+    hpkePublicKey: Buffer.from(req.hpkePublicKey).toString('base64'),
+    token: req.token,
+    ...(req.vtpmCaPublicKey !== undefined ? { vtpmCaPublicKey: req.vtpmCaPublicKey } : {}),
+  });
+  const res = await call(authorityUrl, ENROLL_ROUTE, enrollResponseSchema, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body,
   });
-  return res.certificate;
+  return { certificate: res.certificate, ...(res.vtpmCaCertificate !== undefined ? { vtpmCaCertificate: res.vtpmCaCertificate } : {}) };
 }

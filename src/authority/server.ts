@@ -19,7 +19,7 @@ import {
   type AuthorityErrorCode,
 } from './api.ts';
 import type { Authority } from './authority-dir.ts';
-import { CaError, HOST_MAX_VALIDITY_DAYS, checkHostHpkePublicKey, issueHostCertificate } from './ca.ts';
+import { CaError, HOST_MAX_VALIDITY_DAYS, checkHostHpkePublicKey, checkVtpmCaPublicKey, issueHostCertificate, issueVtpmCaCertificate } from './ca.ts';
 import { EnrollmentRefusal, claimEnrollmentToken, type EnrollmentClaim } from './enrollment-tokens.ts';
 import { publishHostCertificate, readHostCertificate } from './host-registry.ts';
 import type { HeartbeatRegistry } from './heartbeat-registry.ts';
@@ -28,6 +28,8 @@ import { registerHeartbeatRoutes } from './heartbeat-routes.ts';
 import { IdsSignRefusal, signIdsRegistration, signedAuthorityIdsKey } from './ids-signing.ts';
 import { ProtocolError } from '../formats/protocol/fields.ts';
 import { decodeIdsRegistrationBlobs, idsSignRequestSchema } from '../formats/protocol/ids-registration.ts';
+import type { AttestService } from './attest/attest-service.ts';
+import { registerAttestRoutes } from './attest/attest-routes.ts';
 
 export const DEFAULT_HOST_CERTIFICATE_DAYS = 365;
 
@@ -43,6 +45,8 @@ export interface AuthorityServerOptions {
   now?: () => Date;
   /** Receives the heartbeat key of each signed IDS registration; without it, IDS registrations are refused. */
   heartbeats?: HeartbeatRegistry;
+  /** The attestation verifier (src/authority/attest); without it the /v1/attest routes are absent. */
+  attest?: AttestService;
 }
 
 const STATUS: Record<AuthorityErrorCode, number> = {
@@ -114,6 +118,7 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
     const hpkePublicKey = Buffer.from(parsed.data.hpkePublicKey, 'base64');
     try {
       checkHostHpkePublicKey(hpkePublicKey);
+      if (parsed.data.vtpmCaPublicKey !== undefined) checkVtpmCaPublicKey(parsed.data.vtpmCaPublicKey);
     } catch (err) {
       return sendError(reply, 'BAD_KEY', (err as Error).message);
     }
@@ -128,9 +133,12 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
     }
 
     let certificate: string;
+    let vtpmCaCertificate: string | undefined;
     try {
       const issuedAt = now();
       certificate = await issueHostCertificate(authority.ca, { hostId, hpkePublicKey, validityDays, now: issuedAt });
+      const vtpmKey = parsed.data.vtpmCaPublicKey;
+      if (vtpmKey !== undefined) vtpmCaCertificate = await issueVtpmCaCertificate(authority.ca, { hostId, publicKeyPem: vtpmKey, validityDays, now: issuedAt });
       await publishHostCertificate(authority.paths, hostId, certificate);
       await claim.finish(new X509Certificate(certificate).serialNumber.toLowerCase(), issuedAt);
     } catch (err) {
@@ -142,8 +150,8 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
       }
       throw err;
     }
-    request.log.info({ hostId }, 'host enrolled');
-    return { certificate };
+    request.log.info({ hostId, vtpmCa: vtpmCaCertificate !== undefined }, 'host enrolled');
+    return { certificate, ...(vtpmCaCertificate !== undefined ? { vtpmCaCertificate } : {}) };
   });
 
   app.get<{ Params: { hostId: string } }>(HOST_CERTIFICATE_ROUTE, async (request, reply) => {
@@ -180,6 +188,7 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
   });
 
   if (opts.heartbeats instanceof HeartbeatService) registerHeartbeatRoutes(app, opts.heartbeats);
+  if (opts.attest) registerAttestRoutes(app, opts.attest);
 
   return app;
 }

@@ -39,7 +39,7 @@ test('the client sends the enrollment to the base path and reads the certificate
     });
   });
   const key = Buffer.alloc(32, 9);
-  assert.equal(await enrollHost(url, { hostId: 'h', hpkePublicKey: key, token: 't' }), 'PEM');
+  assert.deepEqual(await enrollHost(url, { hostId: 'h', hpkePublicKey: key, token: 't' }), { certificate: 'PEM' });
   assert.equal(seen.url, '/prefix/v1/hosts/enroll');
   assert.equal(seen.type, 'application/json');
   assert.deepEqual(JSON.parse(seen.body!), { hostId: 'h', hpkePublicKey: key.toString('base64'), token: 't' });

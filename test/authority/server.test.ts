@@ -2,6 +2,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { createEnrollmentToken } from '../../src/authority/enrollment-tokens.ts'
 import { buildAuthorityServer } from '../../src/authority/server.ts';
 import { verifyHostCertificate } from '../../src/client/host-cert.ts';
 import { generateHpkeKeyPair } from '../../src/crypto/hpke.ts';
+import { ensureVtpmCa, installVtpmCaCertificate, vtpmCaPublicKeyPem } from '../../src/monitor/vtpm/vtpm-ca.ts';
 
 const HOUR = 3_600_000;
 
@@ -209,4 +211,32 @@ test('authority directories: init refuses existing state, open refuses missing o
   writeFileSync(join(dir, 'ca', 'key.pem'), other.privateKeyPem);
   await assert.rejects(openAuthority(dir), /does not match/);
   await assert.rejects(createEnrollmentToken((await initAuthority(join(base, 'b'))).paths, 'bad host'), /host id/);
+});
+
+test("a host's vTPM CA is certified below the root, and a certificate it issues verifies up to the root", { timeout: 30_000 }, async (t) => {
+  const f = await fixture(t);
+  const hostDir = tempDir(t);
+  const vtpmCa = await ensureVtpmCa(hostDir, 'host-v');
+  const { token } = await createEnrollmentToken(f.authority.paths, 'host-v');
+
+  const bad = await enroll(f, { hostId: 'host-v', hpkePublicKey: await hostKey(), token, vtpmCaPublicKey: generateKeyPairSync('ed25519').publicKey.export({ format: 'pem', type: 'spki' }) });
+  expectError(bad, 400, 'BAD_KEY');
+
+  const r = await enroll(f, { hostId: 'host-v', hpkePublicKey: await hostKey(), token, vtpmCaPublicKey: await vtpmCaPublicKeyPem(vtpmCa) });
+  assert.equal(r.statusCode, 200, r.body);
+  const caCert: string = r.json().vtpmCaCertificate;
+  await installVtpmCaCertificate(vtpmCa, caCert);
+
+  // A leaf signed by the vTPM CA key, as swtpm_cert signs EK certificates, checked by openssl up to the root.
+  const dir = tempDir(t);
+  const run = (args: string[]) => spawnSync('openssl', args, { cwd: dir, encoding: 'utf8', timeout: 20_000 });
+  writeFileSync(join(dir, 'root.pem'), f.authority.ca.certPem);
+  assert.equal(run(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'leaf.key', '-subj', '/CN=ek', '-out', 'leaf.csr']).status, 0);
+  const signed = run(['x509', '-req', '-in', 'leaf.csr', '-CA', vtpmCa.certPath, '-CAkey', vtpmCa.keyPath, '-CAcreateserial', '-days', '30', '-out', 'leaf.pem']);
+  assert.equal(signed.status, 0, signed.stderr);
+  const chain = run(['verify', '-CAfile', 'root.pem', '-untrusted', vtpmCa.certPath, 'leaf.pem']);
+  assert.match(`${chain.status} ${chain.stdout}${chain.stderr}`, /^0 .*OK/s);
+  // Without the vTPM CA's certificate from the authority, the same leaf does not chain.
+  const alone = run(['verify', '-CAfile', 'root.pem', 'leaf.pem']);
+  assert.notEqual(alone.status, 0);
 });

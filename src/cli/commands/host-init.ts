@@ -1,8 +1,10 @@
+import { X509Certificate } from 'node:crypto';
 import type { Command } from 'commander';
 import { HOST_ID_PATTERN } from '../../formats/protocol/host-certificate.ts';
 import { enrollHost, fetchCaCertificate, parseAuthorityUrl } from '../../authority/http-client.ts';
 import { caFingerprint, parseFingerprint } from '../../client/ca-fingerprint.ts';
 import { verifyHostCertificate } from '../../client/host-cert.ts';
+import { ensureVtpmCa, installVtpmCaCertificate, vtpmCaPublicKeyPem } from '../../monitor/vtpm/vtpm-ca.ts';
 import { HostKeysError, initHostKeys, loadHostKeys, saveCaCertificate, saveHostCertificate, type HostKeys } from '../../monitor/state/host-keys.ts';
 
 interface HostInitOptions {
@@ -56,12 +58,20 @@ export function registerHostInit(host: Command): void {
         throw new Error(`the authority serves a CA with fingerprint ${fingerprint}, not ${expectedFingerprint}; nothing was enrolled`);
       }
       const keys = existing ?? (await initHostKeys(opts.dir, opts.hostId, { force: true }));
-      const certificatePem = await enrollHost(authorityUrl, { hostId: opts.hostId, hpkePublicKey: keys.publicKey, token: opts.token });
+      const vtpmCa = await ensureVtpmCa(opts.dir, opts.hostId);
+      const enrolled = await enrollHost(authorityUrl, { hostId: opts.hostId, hpkePublicKey: keys.publicKey, token: opts.token, vtpmCaPublicKey: await vtpmCaPublicKeyPem(vtpmCa) });
+      const certificatePem = enrolled.certificate;
       const verified = verifyHostCertificate(certificatePem, caPem, { expectedHostId: opts.hostId });
       if (!verified.hpkePublicKey.equals(keys.publicKey)) throw new Error('the authority certified a different key than this host sent; certificate not saved');
+      // EK and AK certificates of this host's vTPMs chain to the provider CA through this one.
+      const vtpmCaPem = enrolled.vtpmCaCertificate;
+      if (vtpmCaPem === undefined || !new X509Certificate(vtpmCaPem).verify(new X509Certificate(caPem).publicKey)) {
+        throw new Error('the authority sent no vTPM CA certificate signed by its CA; nothing saved');
+      }
       await saveHostCertificate(opts.dir, certificatePem);
       // The monitor verifies the authority's IDS registration signatures with this CA.
       await saveCaCertificate(opts.dir, caPem);
+      await installVtpmCaCertificate(vtpmCa, vtpmCaPem);
       process.stdout.write(`host ${verified.hostId} enrolled: certificate serial ${verified.serialNumber}, valid until ${verified.notAfter.toISOString()}\n`);
       process.stdout.write(`CA fingerprint (SHA-256): ${fingerprint}\n`);
     });
