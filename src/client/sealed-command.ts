@@ -1,10 +1,11 @@
 /** The tenant's side of sealed commands: seal {vmId, counter, op} and open the sealed result. */
 import { AeadError, open, seal } from '../crypto/aead.ts';
-import { COMMAND_AAD, decodeCommandResult, encodeCommand, RESULT_AAD, type CommandResultBody, type VmOp } from '../formats/protocol/command.ts';
+import { COMMAND_AAD, decodeCommandResult, encodeCommand, RESULT_AAD, type CommandOp, type CommandRequest, type CommandResultBody, type SealedCommandBody, type VmOp } from '../formats/protocol/command.ts';
 
 /** `commandKey` is the VM key schedule's `command` key (the tenant keeps it, not the volume key). */
-export function sealCommand(commandKey: Buffer, vmId: string, counter: number, op: VmOp): Buffer {
-  return seal(commandKey, encodeCommand({ vmId, counter, op, args: {} }), COMMAND_AAD);
+export function sealCommand(commandKey: Buffer, vmId: string, counter: number, op: VmOp | CommandRequest): Buffer {
+  const request: CommandRequest = typeof op === 'string' ? { op, args: {} } : op;
+  return seal(commandKey, encodeCommand({ vmId, counter, ...request } as SealedCommandBody), COMMAND_AAD);
 }
 
 export class CommandResultError extends Error {
@@ -12,7 +13,7 @@ export class CommandResultError extends Error {
 }
 
 /** Opens a sealed result and checks it answers exactly this command (so an old result cannot stand in). */
-export function openCommandResult(commandKey: Buffer, sealed: Uint8Array, expected: { vmId: string; counter: number; op: VmOp }): CommandResultBody {
+export function openCommandResult(commandKey: Buffer, sealed: Uint8Array, expected: { vmId: string; counter: number; op: CommandOp }): CommandResultBody {
   let plaintext: Buffer;
   try {
     plaintext = open(commandKey, sealed, RESULT_AAD);

@@ -1,24 +1,53 @@
 /**
- * `vmseal vm pause|resume|…`: one sealed command. The next counter is committed to tenant state
- * before the command leaves, so a crash can never make the tenant reuse one (which the monitor
- * would refuse as a replay).
+ * `vmseal vm pause|resume|…` and `vmseal vm tpm …`: one sealed command. The next counter is committed to
+ * tenant state before the command leaves, so a crash can never make the tenant reuse one (which the
+ * monitor would refuse as a replay).
  */
+import { grantProof } from '../crypto/tpm-grant-mac.ts';
 import { commandResponseSchema } from '../formats/protocol/monitor-api.ts';
-import type { CommandResultBody, VmOp } from '../formats/protocol/command.ts';
+import type { CommandRequest, CommandResultBody, TpmOp, VmOp } from '../formats/protocol/command.ts';
 import { MgmtClient } from './mgmt-client.ts';
 import { openCommandResult, sealCommand } from './sealed-command.ts';
-import { updateTenantState } from './tenant-state.ts';
+import { updateTenantState, type TenantState } from './tenant-state.ts';
 
-export async function sendVmCommand(tenantDir: string, name: string, op: VmOp): Promise<CommandResultBody> {
-  let target: { vmId: string; counter: number; mgmtUrl: string; commandKey: Buffer } | undefined;
+function vmRecord(s: TenantState, name: string) {
+  const vm = s.vms[name];
+  if (!vm) throw new Error(`the tenant has no VM named ${name}; known: ${Object.keys(s.vms).join(', ') || 'none'}`);
+  return vm;
+}
+
+/** Sends `request` (built from the state, with the counter it will carry) to VM `name`. */
+async function send(tenantDir: string, name: string, build: (s: TenantState, counter: number) => CommandRequest): Promise<CommandResultBody> {
+  let target: { vmId: string; counter: number; mgmtUrl: string; commandKey: Buffer; request: CommandRequest } | undefined;
   await updateTenantState(tenantDir, (s) => {
-    const vm = s.vms[name];
-    if (!vm) throw new Error(`the tenant has no VM named ${name}; known: ${Object.keys(s.vms).join(', ') || 'none'}`);
+    const vm = vmRecord(s, name);
+    const request = build(s, vm.commandCounter + 1);
     vm.commandCounter += 1;
-    target = { vmId: vm.vmId, counter: vm.commandCounter, mgmtUrl: vm.mgmtUrl, commandKey: Buffer.from(vm.commandKey, 'base64') };
+    target = { vmId: vm.vmId, counter: vm.commandCounter, mgmtUrl: vm.mgmtUrl, commandKey: Buffer.from(vm.commandKey, 'base64'), request };
   });
   const t = target!;
-  const sealed = sealCommand(t.commandKey, t.vmId, t.counter, op);
+  const sealed = sealCommand(t.commandKey, t.vmId, t.counter, t.request);
   const reply = commandResponseSchema.parse(await new MgmtClient(t.mgmtUrl).command(t.vmId, sealed.toString('base64')));
-  return openCommandResult(t.commandKey, Buffer.from(reply.result, 'base64'), { vmId: t.vmId, counter: t.counter, op });
+  return openCommandResult(t.commandKey, Buffer.from(reply.result, 'base64'), { vmId: t.vmId, counter: t.counter, op: t.request.op });
+}
+
+export function sendVmCommand(tenantDir: string, name: string, op: VmOp): Promise<CommandResultBody> {
+  return send(tenantDir, name, () => ({ op, args: {} }));
+}
+
+/**
+ * `vmseal vm tpm share|revoke|pcrs`. A share carries the proof that this tenant also holds the grantee's
+ * keys (crypto/tpm-grant-mac.ts); both VMs are named by the tenant's own names.
+ */
+export function sendTpmCommand(tenantDir: string, name: string, op: TpmOp, o: { index?: number; other?: string } = {}): Promise<CommandResultBody> {
+  return send(tenantDir, name, (s, counter): CommandRequest => {
+    if (op === 'tpm-pcrs') return { op, args: {} };
+    if (o.index === undefined || o.other === undefined) throw new Error(`${op} needs an NV index and another VM`);
+    if (o.other === name) throw new Error('the other VM must not be the owner itself');
+    const other = vmRecord(s, o.other);
+    if (op === 'tpm-revoke') return { op, args: { index: o.index, from: other.vmId } };
+    const owner = vmRecord(s, name);
+    const proof = grantProof(Buffer.from(other.commandKey, 'base64'), { ownerVmId: owner.vmId, granteeVmId: other.vmId, nvIndex: o.index, counter });
+    return { op, args: { index: o.index, with: other.vmId, proof: proof.toString('hex') } };
+  });
 }

@@ -5,7 +5,7 @@
  * vmId and counter, so the management plane can neither fake a result nor hand over an old one.
  */
 import { z } from 'zod';
-import { decodeJson, vmIdHex } from './fields.ts';
+import { decodeJson, hexBytes, sha256Hex, vmIdHex } from './fields.ts';
 
 export const COMMAND_AAD = Buffer.from('vmseal/v1/command', 'ascii');
 export const RESULT_AAD = Buffer.from('vmseal/v1/command-result', 'ascii');
@@ -13,6 +13,17 @@ export const COMMAND_MAX_BYTES = 4096;
 
 export const VM_OPS = ['pause', 'resume', 'shutdown', 'poweroff', 'reboot', 'status'] as const;
 export type VmOp = (typeof VM_OPS)[number];
+
+/**
+ * vTPM ops (docs/vtpm-nv.md): share one NV index read-only with another VM of the tenant (`proof` is
+ * crypto/tpm-grant-mac.ts's MAC under the grantee's key), revoke it, read PCRs and the launch event log.
+ */
+export const TPM_OPS = ['tpm-share', 'tpm-revoke', 'tpm-pcrs'] as const;
+export type TpmOp = (typeof TPM_OPS)[number];
+export const COMMAND_OPS = [...VM_OPS, ...TPM_OPS] as const;
+export type CommandOp = (typeof COMMAND_OPS)[number];
+/** Results carry PCRs and an event log, so they may be larger than commands. */
+export const RESULT_MAX_BYTES = 65536;
 
 /**
  * Why a monitor refuses a command, a launch or an IDS request; shown by name. The IDS ones
@@ -23,22 +34,36 @@ export type VmOp = (typeof VM_OPS)[number];
 export const REFUSALS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_SIGNATURE', 'WRONG_VM', 'POLICY'] as const;
 export type Refusal = (typeof REFUSALS)[number];
 
-export const commandSchema = z.strictObject({
-  vmId: vmIdHex,
-  counter: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  op: z.enum(VM_OPS),
-  args: z.strictObject({}),
-});
+const nvIndexField = z.number().int().min(0x01000000).max(0x01ffffff);
+const commandHead = { vmId: vmIdHex, counter: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER) };
+
+export const commandSchema = z.discriminatedUnion('op', [
+  z.strictObject({ ...commandHead, op: z.enum([...VM_OPS, 'tpm-pcrs']), args: z.strictObject({}) }),
+  z.strictObject({ ...commandHead, op: z.literal('tpm-share'), args: z.strictObject({ index: nvIndexField, with: vmIdHex, proof: hexBytes(32) }) }),
+  z.strictObject({ ...commandHead, op: z.literal('tpm-revoke'), args: z.strictObject({ index: nvIndexField, from: vmIdHex }) }),
+]);
 export type SealedCommandBody = z.output<typeof commandSchema>;
+/** An op with its arguments, as a client asks for it. */
+export type CommandRequest =
+  | { op: VmOp | 'tpm-pcrs'; args: Record<string, never> }
+  | { op: 'tpm-share'; args: { index: number; with: string; proof: string } }
+  | { op: 'tpm-revoke'; args: { index: number; from: string } };
+
+/** tpm-pcrs: the sha256 bank of PCRs 0-23 as the monitor read them, and the monitor's launch event log. */
+export const tpmPcrsResultSchema = z.strictObject({
+  sha256: z.array(sha256Hex).length(24),
+  eventLog: z.base64().max(32768),
+});
 
 export const commandResultSchema = z.strictObject({
   vmId: vmIdHex,
   counter: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  op: z.enum(VM_OPS),
+  op: z.enum(COMMAND_OPS),
   ok: z.boolean(),
   /** QEMU's run state after the op (e.g. "running", "paused", "shutdown"). */
   state: z.string().max(64),
   error: z.string().max(1024).optional(),
+  tpm: tpmPcrsResultSchema.optional(),
 });
 export type CommandResultBody = z.output<typeof commandResultSchema>;
 
@@ -55,5 +80,5 @@ export function encodeCommandResult(r: CommandResultBody): Buffer {
 }
 
 export function decodeCommandResult(bytes: Uint8Array): CommandResultBody {
-  return decodeJson('command result', commandResultSchema, bytes, COMMAND_MAX_BYTES);
+  return decodeJson('command result', commandResultSchema, bytes, RESULT_MAX_BYTES);
 }

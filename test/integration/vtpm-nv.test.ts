@@ -1,0 +1,166 @@
+/**
+ * NV access control and read-only sharing between two real guests A and B (one QEMU at a time), each with
+ * its own swtpm behind the monitor's TPM proxy and the NV policy as the proxy's hook. The guests use
+ * ordinary tpm2-tools; the grant goes through the sealed tpm-share command's monitor side with a proof
+ * under B's key. A's guest defines and writes; then A's vTPM serves B's reads while B's guest runs (A's
+ * swtpm is restarted from its encrypted state, and the NV policy reopened from the database, in between:
+ * the binding survives process exit and a monitor restart).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { deriveVmKey } from '../../src/crypto/keys.ts';
+import { grantProof } from '../../src/crypto/tpm-grant-mac.ts';
+import { TPM_CC, TPM_RC, nvReadCommand, parseNvReadResponse, parseResponse, startupCommand } from '../../src/formats/tpm2/index.ts';
+import { buildGuest } from '../../src/guest/build.ts';
+import { runInGuest } from '../../src/guest/console-shell.ts';
+import { GUEST_READY_MARKER } from '../../src/guest/contract.ts';
+import { copyGuestDisk } from '../../src/guest/workdisk.ts';
+import { PlainLaunch, type DiskLaunch } from '../../src/monitor/launch/disk-launch.ts';
+import { MonitorDb } from '../../src/monitor/state/monitor-db.ts';
+import { runTpmCommand, type NvVm } from '../../src/monitor/vtpm/nv-commands.ts';
+import { loadOrCreateNvManagerKey } from '../../src/monitor/vtpm/nv-manager-key.ts';
+import { NvOwnership } from '../../src/monitor/vtpm/nv-ownership.ts';
+import { NvAccessControl } from '../../src/monitor/vtpm/nv-policy.ts';
+import { CMD } from '../../src/monitor/vtpm/swtpm-ctrl.ts';
+import { vtpmStateId } from '../../src/monitor/vtpm/swtpm-instance.ts';
+import { ensureVtpmCa } from '../../src/monitor/vtpm/vtpm-ca.ts';
+import { Vtpm } from '../../src/monitor/vtpm/vtpm.ts';
+
+const TIMEOUT = 20 * 60_000;
+const INDEX = 0x01800010;
+
+function octal(hex: string): string {
+  return Buffer.from(hex, 'hex').reduce((s, b) => s + `\\${b.toString(8).padStart(3, '0')}`, '');
+}
+
+test('two guests: A defines and writes, B is refused, A shares, B reads A\'s value, A revokes, B is refused again', { timeout: TIMEOUT }, async (t) => {
+  const guest = await buildGuest();
+  const dir = mkdtempSync(join(tmpdir(), 'vmseal-vtpm-nv-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'host'));
+  const disk = await copyGuestDisk(guest.disk);
+  t.after(() => disk.remove());
+  const ca = await ensureVtpmCa(join(dir, 'host'), 'host-nv');
+  const boot = { kernel: guest.kernel, initrd: guest.initrd, cmdline: guest.cmdline };
+  const dbPath = join(dir, 'monitor.db');
+  const keyPath = join(dir, 'nv-manager.key');
+  const openMonitor = async () => {
+    const db = MonitorDb.open(dbPath);
+    return { db, control: new NvAccessControl({ ownership: new NvOwnership(db.sql, await loadOrCreateNvManagerKey(keyPath)), quota: { indices: 4, bytes: 512 }, log: (m) => t.diagnostic(m) }) };
+  };
+  const vk = { a: randomBytes(64), b: randomBytes(64) };
+  const instance = (v: Buffer) => vtpmStateId(deriveVmKey(v, 'vtpm'));
+  const vms: Record<'a' | 'b', NvVm> = {
+    a: { vmId: randomBytes(16).toString('hex'), instance: instance(vk.a), commandKey: deriveVmKey(vk.a, 'command') },
+    b: { vmId: randomBytes(16).toString('hex'), instance: instance(vk.b), commandKey: deriveVmKey(vk.b, 'command') },
+  };
+  let monitor = await openMonitor();
+  const startVtpm = async (who: 'a' | 'b') => {
+    const v = await Vtpm.start({ stateBase: join(dir, 'vtpm'), volumeKey: vk[who], ca, name: `vm-${who}`, boot, policy: monitor.control.policyFor(vms[who].instance) });
+    monitor.control.attach(vms[who].instance, v.endpoint);
+    return v;
+  };
+  const running: Array<{ vtpm?: Vtpm; launch?: DiskLaunch }> = [];
+  t.after(async () => {
+    for (const r of running) {
+      await r.launch?.stop(2000);
+      await r.vtpm?.stop();
+    }
+    monitor.db.close();
+  });
+  const bootGuest = async (vtpm: Vtpm, name: string) => {
+    const launch = await PlainLaunch.start({ ...boot, diskPath: disk.path, name, extraArgs: vtpm.qemuArgs() });
+    running.push({ launch });
+    await launch.vm.console.waitFor(GUEST_READY_MARKER, 300_000);
+    await runInGuest(launch.vm.console, 'dmesg -n 1', 60_000);
+    return launch;
+  };
+  const shell = (launch: DiskLaunch) => ({
+    ok: async (cmd: string) => {
+      const r = await runInGuest(launch.vm.console, cmd, 120_000);
+      assert.equal(r.exitCode, 0, `${cmd}:\n${r.output}`);
+      return r.output;
+    },
+    fails: async (cmd: string, rc: RegExp) => {
+      const r = await runInGuest(launch.vm.console, cmd, 120_000);
+      assert.notEqual(r.exitCode, 0, `${cmd} should fail:\n${r.output}`);
+      assert.match(r.output, rc, cmd);
+      return r.output;
+    },
+  });
+
+  // Guest A defines a managed index and writes a value.
+  const value = `vmseal-${randomBytes(12).toString('hex')}`;
+  const idx = `0x${INDEX.toString(16)}`;
+  const vtpmA = await startVtpm('a');
+  running.push({ vtpm: vtpmA });
+  const launchA = await bootGuest(vtpmA, 'nv-a');
+  const a = shell(launchA);
+  await a.ok(`tpm2_nvdefine ${idx} -C o -s ${value.length} -a "ownerread|ownerwrite|authread|authwrite|no_da"`);
+  await a.ok(`printf %s ${value} > /tmp/nv.in && tpm2_nvwrite ${idx} -C o -i /tmp/nv.in`);
+  assert.equal((await a.ok(`tpm2_nvread ${idx} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`)).trim().split('\n').pop(), value);
+  await launchA.stop(2000);
+
+  // Monitor restart; A's vTPM serves from its encrypted state with no guest attached.
+  monitor.db.close();
+  monitor = await openMonitor();
+  await vtpmA.stop();
+  const vtpmA2 = await startVtpm('a');
+  running.push({ vtpm: vtpmA2 });
+  assert.equal((await vtpmA2.swtpm.control.request(CMD.INIT, Buffer.alloc(4), 4)).readUInt32BE(0), 0);
+  assert.equal((await vtpmA2.endpoint.transact(startupCommand())).readUInt32BE(6), TPM_RC.SUCCESS);
+  const aValue = async () => parseNvReadResponse(parseResponse(await vtpmA2.endpoint.transact(nvReadCommand(INDEX, value.length)), TPM_CC.NV_Read)).toString();
+  assert.equal(await aValue(), value);
+  const owner = monitor.control.ownership.ownerState(INDEX);
+  assert.equal(owner.kind === 'owned' && owner.claim.owner, vms.a.instance, 'the binding survived');
+
+  // Guest B, no grant: A's index looks absent or refused, cannot be written, undefined or redefined.
+  const vtpmB = await startVtpm('b');
+  running.push({ vtpm: vtpmB });
+  const launchB = await bootGuest(vtpmB, 'nv-b');
+  const b = shell(launchB);
+  const read = `tpm2_nvread ${idx} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`;
+  await b.fails(`tpm2_nvreadpublic ${idx}`, /0x0*18b/i);
+  await b.fails(`tpm2_nvread ${idx} -C o -s ${value.length}`, /0x0*(149|18b)/i);
+  await b.fails(`printf %s forged > /tmp/x && tpm2_nvwrite ${idx} -C o -i /tmp/x`, /0x0*(149|18b)/i);
+  await b.fails(`tpm2_nvundefine ${idx} -C o`, /0x0*(149|18b)/i);
+  await b.fails(`tpm2_nvdefine ${idx} -C o -s 8 -a "ownerread|ownerwrite"`, /0x0*14c/i);
+  // A malformed NV_Write to A's index on /dev/tpm0 (its data size claims 32 bytes, 2 follow): a TPM error.
+  const malformed = '8002000000230000013701800010018000100000000940000009000000000000204141';
+  const rawOut = await b.ok(`printf '${octal(malformed)}' > /tmp/cmd && exec 3<>/dev/tpm0 && cat /tmp/cmd >&3 && dd bs=4096 count=1 <&3 2>/dev/null | od -An -tx1; exec 3<&-`);
+  assert.equal(rawOut.replace(/\s+/g, ''), '80010000000a000001da', 'TPM_RC_INSUFFICIENT, parameter 1');
+  // B tries to exhaust NV in the managed range: its quota stops it with TPM_RC_NV_SPACE.
+  const exhaust = await runInGuest(launchB.vm.console, 'for i in 0 1 2 3 4 5 6 7; do tpm2_nvdefine 0x1800${i}00 -C o -s 128 -a "ownerread|ownerwrite" 2>&1 | grep -io "0x0*14b" | head -n 1; done', 180_000);
+  assert.match(exhaust.output, /0x0*14b/i, exhaust.output);
+  assert.equal(await aValue(), value, "A's value is unchanged");
+
+  // A shares with B (sealed tpm-share, monitor side, proof under B's key): B reads with plain tpm2_nvread.
+  const proof = grantProof(vms.b.commandKey, { ownerVmId: vms.a.vmId, granteeVmId: vms.b.vmId, nvIndex: INDEX, counter: 1 }).toString('hex');
+  const lookup = (id: string) => Object.values(vms).find((v) => v.vmId === id);
+  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 1, op: 'tpm-share', args: { index: INDEX, with: vms.b.vmId, proof } }, lookup);
+  // NV_Read under a password session (TPM_RS_PW, empty index auth), the exact bytes a TSS sends for it.
+  const size = value.length.toString(16).padStart(4, '0');
+  const nvReadPw = `8002 00000023 0000014e 01800010 01800010 00000009 40000009 0000 00 0000 ${size} 0000`.replace(/ /g, '');
+  const rawRead = async () => (await b.ok(`printf '${octal(nvReadPw)}' > /tmp/rd && exec 3<>/dev/tpm0 && cat /tmp/rd >&3 && dd bs=4096 count=1 <&3 2>/dev/null | od -An -tx1; exec 3<&-`)).replace(/\s+/g, '');
+  const shared = await rawRead();
+  assert.equal(shared.slice(12, 20), '00000000', `NV_Read from B succeeds: ${shared}`);
+  assert.equal(Buffer.from(shared.slice(32, 32 + 2 * value.length), 'hex').toString(), value, 'B reads A\'s value from A\'s vTPM');
+  // tpm2-tools 5.4 always wraps a password in an unbound HMAC session that lives in B's own TPM; the
+  // owner's TPM cannot check it, so the proxy answers TPM_RC_REFERENCE_S0 (docs/vtpm-nv.md).
+  await b.fails(read, /0x0*910/i);
+  assert.match(await b.ok(`tpm2_nvreadpublic ${idx}`), /size: 31|size: *\d+/, 'B sees the shared index\'s public area');
+  await b.fails(`printf %s forged > /tmp/x && tpm2_nvwrite ${idx} -i /tmp/x`, /0x0*148/i);
+
+  // A revokes: B's very next read fails.
+  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 2, op: 'tpm-revoke', args: { index: INDEX, from: vms.b.vmId } }, lookup);
+  assert.equal((await rawRead()).slice(12, 20), '00000149', 'TPM_RC_NV_AUTHORIZATION after the revoke');
+  await b.fails(`tpm2_nvreadpublic ${idx}`, /0x0*18b/i);
+  assert.equal(await aValue(), value, "A's value is unchanged");
+
+  // The management plane's view of A's state: ciphertext only.
+  for (const f of readdirSync(vtpmA2.stateDir)) assert.ok(!readFileSync(join(vtpmA2.stateDir, f)).includes(value), `${f} holds the NV value in clear`);
+});
