@@ -123,11 +123,16 @@ for (const fs of FEATURE_SETS) {
       const inode = await e.lookup(file);
       const ourBlocks = (await e.runs(inode)).flatMap((r) => Array.from({ length: r.length }, (_, i) => r.physical + i));
       const theirs = debugfs(img, `blocks ${file}`).trim().split(/\s+/).map(Number);
-      // debugfs `blocks` also lists the indirect / extent-index blocks; every data block must be among them.
-      const set = new Set(theirs);
-      assert.ok(ourBlocks.every((b) => set.has(b)), `${file} data blocks`);
-      assert.ok(ourBlocks.length >= theirs.length - 300, `${file}: only metadata blocks are extra`);
+      // debugfs `blocks` lists the data blocks and the indirect / extent-tree blocks: exactly ours plus mapBlocks.
+      const map = await e.mapBlocks(inode);
+      assert.deepEqual([...ourBlocks, ...map].sort((a, b) => a - b), [...theirs].sort((a, b) => a - b), `${file} data + map blocks`);
+      if (file === '/fragmented.bin') assert.ok(map.length > 0, 'the fragmented file has extent-tree or indirect blocks');
+      // debugfs `imap`: the inode's block and offset in the inode table.
+      const imap = /located at block (\d+), offset 0x([0-9a-f]+)/.exec(debugfs(img, `imap ${file}`));
+      assert.ok(imap, `debugfs imap ${file}`);
+      assert.equal(await e.inodeLocation(inode.ino), Number(imap[1]) * e.sb.blockSize + parseInt(imap[2]!, 16), `${file} inode location`);
     }
+    assert.deepEqual(await e.mapBlocks(await e.lookup('/small.txt')), [], 'a one-extent file has no map blocks');
     assert.ok(((await e.inode((await e.lookup('/many')).ino)).flags & 0x1000) !== 0 || fs.name.includes('ext2'), '/many is an htree directory');
 
     // Lookup: symlinks in the middle are followed, .. works, a final symlink only on request.

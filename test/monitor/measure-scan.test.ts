@@ -9,7 +9,7 @@ import { parseImaAscii, findTemplateHashMismatch } from '../../src/formats/ima.t
 import { buildMbr, MBR_TYPE_LINUX } from '../../src/formats/mbr.ts';
 import { FileBackend } from '../../src/monitor/disk/file-backend.ts';
 import { ProtectedBackend, type WriteRefusal } from '../../src/monitor/disk/protected-backend.ts';
-import { makeBaseline, parseBaseline } from '../../src/monitor/measure/baseline.ts';
+import { makeBaseline, parseBaseline } from '../../src/formats/file-baseline.ts';
 import { backendReader, openGuestVolume } from '../../src/monitor/measure/guest-volume.ts';
 import { protectedRangesFor } from '../../src/monitor/measure/protect-map.ts';
 import { scanDisk } from '../../src/monitor/measure/scan.ts';
@@ -119,9 +119,7 @@ describe('agentless scan', () => {
     assert.equal(pb.refusals, 4);
     const check = await openGuestVolume(backendReader(fb), fb.size);
     if (check.kind !== 'ext4') return;
-    const parts: Uint8Array[] = [];
-    for await (const c of check.fs.chunks(await check.fs.lookup('/etc/passwd'))) parts.push(c);
-    assert.equal(Buffer.concat(parts).toString(), 'root:x:0:0::/root:/bin/sh\n');
+    assert.equal((await check.fs.readFile(await check.fs.lookup('/etc/passwd'))).toString(), 'root:x:0:0::/root:/bin/sh\n');
     await fb.close();
   });
 });

@@ -39,7 +39,8 @@ export class Ext4 {
     return readExact(this.read, block * this.sb.blockSize, count * this.sb.blockSize);
   }
 
-  async inode(ino: number): Promise<Inode> {
+  /** Byte offset of inode `ino`'s slot in its group's inode table (`sb.inodeSize` bytes long). */
+  async inodeLocation(ino: number): Promise<number> {
     if (!Number.isInteger(ino) || ino < 1 || ino > this.sb.inodesCount) throw new Ext4Error(`inode ${ino} out of range`);
     const group = Math.floor((ino - 1) / this.sb.inodesPerGroup);
     const index = (ino - 1) % this.sb.inodesPerGroup;
@@ -47,12 +48,26 @@ export class Ext4 {
     const table = inodeTableBlock(this.sb, desc);
     const off = table * this.sb.blockSize + index * this.sb.inodeSize;
     if (off + this.sb.inodeSize > this.sb.blocksCount * this.sb.blockSize) throw new Ext4Error(`inode ${ino} outside the file system`);
-    return parseInode(ino, await readExact(this.read, off, this.sb.inodeSize));
+    return off;
+  }
+
+  async inode(ino: number): Promise<Inode> {
+    return parseInode(ino, await readExact(this.read, await this.inodeLocation(ino), this.sb.inodeSize));
   }
 
   /** The block runs of an inode's data (for write protection and scanning). */
   runs(inode: Inode): Promise<BlockRun[]> {
     return blockRuns(inode, this.blocks);
+  }
+
+  /**
+   * The blocks that hold the inode's block mapping rather than its data: extent-tree index and leaf
+   * nodes, or ext2/3 indirect blocks; sorted. Empty when the whole map fits in the inode.
+   */
+  async mapBlocks(inode: Inode): Promise<number[]> {
+    const out: number[] = [];
+    await blockRuns(inode, this.blocks, out);
+    return out;
   }
 
   /** Streams a file's bytes in order, holes as zeros, exactly `inode.size` bytes. */

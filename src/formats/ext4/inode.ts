@@ -69,11 +69,16 @@ export interface BlockSource {
 const EXTENT_MAGIC = 0xf30a;
 const MAX_EXTENT_DEPTH = 5; // the kernel's EXT4_MAX_EXTENT_DEPTH
 
-/** The block runs of a file, sorted by logical block; holes are left out. */
-export async function blockRuns(inode: Inode, src: BlockSource): Promise<BlockRun[]> {
+/**
+ * The block runs of a file, sorted by logical block; holes are left out. `mapBlocks`, when given,
+ * receives the blocks that hold the mapping itself (extent index/leaf nodes or indirect blocks).
+ */
+export async function blockRuns(inode: Inode, src: BlockSource, mapBlocks?: number[]): Promise<BlockRun[]> {
   if (inode.flags & INODE_FLAG.INLINE_DATA) throw new Ext4Error(`inode ${inode.ino}: inline data is not supported`);
   if (inode.flags & INODE_FLAG.ENCRYPT) throw new Ext4Error(`inode ${inode.ino}: encrypted (fscrypt) content`);
-  const runs = inode.flags & INODE_FLAG.EXTENTS ? await extentRuns(inode, src) : await blockMapRuns(inode, src);
+  const visited = new Set<number>();
+  const runs = inode.flags & INODE_FLAG.EXTENTS ? await extentRuns(inode, src, visited) : await blockMapRuns(inode, src, visited);
+  if (mapBlocks) for (const b of [...visited].sort((a, b) => a - b)) mapBlocks.push(b);
   runs.sort((a, b) => a.logical - b.logical);
   for (let i = 1; i < runs.length; i++) {
     const p = runs[i - 1] as BlockRun;
@@ -82,9 +87,8 @@ export async function blockRuns(inode: Inode, src: BlockSource): Promise<BlockRu
   return runs;
 }
 
-async function extentRuns(inode: Inode, src: BlockSource): Promise<BlockRun[]> {
+async function extentRuns(inode: Inode, src: BlockSource, visited: Set<number>): Promise<BlockRun[]> {
   const runs: BlockRun[] = [];
-  const visited = new Set<number>();
   const maxRuns = Math.ceil(inode.size / src.blockSize) + 1;
   const walk = async (node: Buffer, depthExpected: number | null, level: number): Promise<void> => {
     if (node.length < 12 || node.readUInt16LE(0) !== EXTENT_MAGIC) throw new Ext4Error(`inode ${inode.ino}: bad extent header`);
@@ -120,11 +124,10 @@ async function extentRuns(inode: Inode, src: BlockSource): Promise<BlockRun[]> {
   return runs;
 }
 
-async function blockMapRuns(inode: Inode, src: BlockSource): Promise<BlockRun[]> {
+async function blockMapRuns(inode: Inode, src: BlockSource, visited: Set<number>): Promise<BlockRun[]> {
   const perBlock = src.blockSize / 4;
   const fileBlocks = Math.ceil(inode.size / src.blockSize);
   const runs: BlockRun[] = [];
-  const visited = new Set<number>();
   const add = (logical: number, physical: number) => {
     if (physical === 0 || logical >= fileBlocks) return;
     if (physical >= src.blocksCount) throw new Ext4Error(`inode ${inode.ino}: block ${physical} outside the file system`);

@@ -6,12 +6,12 @@
 import { parseMbr } from '../../formats/mbr.ts';
 import { NtfsVolume } from '../../formats/ntfs/volume.ts';
 import type { BlockBackend } from '../disk/backend.ts';
-import { Ext4Map, type ReadAt } from './ext4-map.ts';
+import { Ext4, type ReadAt } from '../../formats/ext4/index.ts';
 
 export type { ReadAt };
 
 export type GuestVolume =
-  | { kind: 'ext4'; offset: number; fs: Ext4Map }
+  | { kind: 'ext4'; offset: number; fs: Ext4 }
   | { kind: 'ntfs'; offset: number; fs: NtfsVolume };
 
 const MAX_BACKEND_READ = 4 << 20;
@@ -44,7 +44,7 @@ async function probe(read: ReadAt, offset: number): Promise<GuestVolume | undefi
   const boot = await r(0, 512);
   if (boot.length === 512 && Buffer.from(boot.subarray(3, 11)).toString('latin1') === 'NTFS    ') return { kind: 'ntfs', offset, fs: await NtfsVolume.open(r) };
   const sb = await r(1024 + 0x38, 2);
-  if (sb.length === 2 && sb[0] === 0x53 && sb[1] === 0xef) return { kind: 'ext4', offset, fs: await Ext4Map.open(r) };
+  if (sb.length === 2 && sb[0] === 0x53 && sb[1] === 0xef) return { kind: 'ext4', offset, fs: await Ext4.open(r) };
   return undefined;
 }
 

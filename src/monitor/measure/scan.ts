@@ -3,13 +3,13 @@
  * reads the decrypted disk, finds the ext4 or NTFS file system, hashes regular files (all, or the
  * listed paths and everything under listed directories) with SHA-256, compares with a baseline, and
  * emits an IMA-style measurement list. Files the readers cannot decode (NTFS compressed/encrypted,
- * ext4 inline or block-mapped) are listed as unsupported, never silently skipped.
+ * ext4 inline-data or fscrypt-encrypted) are listed as unsupported, never silently skipped.
  */
 import { createHash } from 'node:crypto';
-import { diffBaseline, type Baseline, type BaselineDiff } from './baseline.ts';
-import { S_IFMT, S_IFREG } from './ext4-map.ts';
+import { diffBaseline, type Baseline, type BaselineDiff } from '../../formats/file-baseline.ts';
+import { INODE_FLAG, isRegular } from '../../formats/ext4/index.ts';
 import { openGuestVolume, type GuestVolume, type ReadAt } from './guest-volume.ts';
-import { formatMeasurementList } from './ima-list.ts';
+import { formatMeasurementList } from '../../formats/ima-ng-list.ts';
 
 export interface ScanOptions {
   /** Limit the scan to these paths (files, or directories scanned recursively). */
@@ -56,9 +56,10 @@ async function* candidates(vol: GuestVolume): AsyncGenerator<Candidate> {
     return;
   }
   const fs = vol.fs;
-  for await (const e of fs.walk()) {
-    if ((e.mode & S_IFMT) !== S_IFREG) continue;
-    yield { path: e.path, size: e.size, ...(e.unsupported ? { unsupported: e.unsupported } : {}), chunks: async function* () { yield* fs.chunks(await fs.inode(e.ino)); } };
+  for await (const { path, inode } of fs.walk()) {
+    if (!isRegular(inode)) continue;
+    const unsupported = inode.flags & INODE_FLAG.INLINE_DATA ? 'inline data' : inode.flags & INODE_FLAG.ENCRYPT ? 'encrypted (fscrypt)' : undefined;
+    yield { path, size: inode.size, ...(unsupported ? { unsupported } : {}), chunks: () => fs.contents(inode) };
   }
 }
 

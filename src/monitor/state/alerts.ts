@@ -4,7 +4,8 @@
  */
 import type Database from 'better-sqlite3';
 
-export const ALERT_KINDS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_KEY_OR_DISK', 'DISK_FAILURE', 'BAD_SIGNATURE', 'WRONG_VM', 'POLICY'] as const;
+/** WRITE_PROTECT: a guest write to a protected file's blocks was refused (docs/integrity.md). */
+export const ALERT_KINDS = ['REDIRECT', 'REPLAY', 'TAMPER', 'BAD_KERNEL', 'BAD_KEY_OR_DISK', 'DISK_FAILURE', 'BAD_SIGNATURE', 'WRONG_VM', 'POLICY', 'WRITE_PROTECT'] as const;
 export type AlertKind = (typeof ALERT_KINDS)[number];
 
 export interface Alert {
