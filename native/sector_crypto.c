@@ -14,7 +14,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define XTS_KEY_BYTES 64
 #define XTS_IV_BYTES 16
@@ -234,6 +237,273 @@ static napi_value hmac_leaves(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---- Whole requests on libuv's thread pool ----------------------------------------------------------------
+// One job per NBD request: the disk I/O (pread/pwrite) and the crypto run together on a pool thread, directly
+// on the caller's buffers (held by references until the callback), so the main thread neither copies nor
+// computes, and both cores work when several requests are in flight.
+
+#define TREE_SECTOR 4096
+#define JOB_XTS_READ 0
+#define JOB_XTS_WRITE 1
+#define JOB_OPEN 2
+#define JOB_SEAL 3
+#define JOB_READ_OPEN 4
+// Job status codes besides 0 (ok) and a positive errno.
+#define STATUS_CRYPTO_FAILED (-1)
+#define STATUS_SHORT_READ (-2)
+
+typedef struct {
+  algorithms *algs;
+  napi_async_work work;
+  napi_ref callback, data_ref, out_ref, leaves_ref;
+  int kind;
+  uint8_t xts_key[XTS_KEY_BYTES];
+  uint8_t hmac_key[MAX_HMAC_KEY];
+  size_t hmac_key_len;
+  uint64_t first_sector;  // in 4096-byte tree sectors
+  uint32_t ess;           // the image's encryption sector size
+  int fd;
+  int64_t position;
+  bytes data, out, leaves;
+  int status;
+  uint32_t bad;
+} job;
+
+// XTS over len bytes (whole ess sectors) starting at tree sector `first`: plain64 tweak counts 512-byte units.
+static bool xts_sectors(algorithms *algs, const uint8_t *key, uint64_t first, uint32_t ess, const uint8_t *in, uint8_t *out,
+                        size_t len, int enc) {
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  bool ok = ctx != NULL && EVP_CipherInit_ex(ctx, algs->xts, NULL, key, NULL, enc) == 1;
+  uint8_t iv[XTS_IV_BYTES] = {0};
+  uint64_t tweak = first * (TREE_SECTOR / 512);
+  const uint32_t step = ess / 512;
+  for (size_t at = 0; ok && at < len; at += ess, tweak += step) {
+    for (int b = 0; b < 8; b++) iv[b] = (uint8_t)(tweak >> (8 * b));
+    int written = 0;
+    ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, enc) == 1 && EVP_CipherUpdate(ctx, out + at, &written, in + at, (int)ess) == 1 &&
+         written == (int)ess;
+  }
+  EVP_CIPHER_CTX_free(ctx);
+  OPENSSL_cleanse(iv, sizeof iv);
+  return ok;
+}
+
+// Leaf i of len bytes (whole tree sectors) from tree sector `first`; with `expected`, compares instead of
+// storing and sets flags[i] to 1 for a sector that does not match, counting them in *bad.
+static bool leaves_of(algorithms *algs, const uint8_t *key, size_t key_len, uint64_t first, const uint8_t *data, size_t len,
+                      uint8_t *out, const uint8_t *expected, uint8_t *flags, uint32_t *bad) {
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+  EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(algs->hmac);
+  bool ok = ctx != NULL && EVP_MAC_init(ctx, key, key_len, params) == 1;
+  uint8_t header[LEAF_HEADER] = {'l', 'e', 'a', 'f'};
+  uint8_t leaf[HASH_BYTES];
+  const size_t sectors = len / TREE_SECTOR;
+  for (size_t s = 0; ok && s < sectors; s++) {
+    uint64_t n = first + s;
+    for (int b = 0; b < 8; b++) header[4 + b] = (uint8_t)(n >> (8 * b));
+    size_t written = 0;
+    uint8_t *dst = expected ? leaf : out + s * HASH_BYTES;
+    ok = (s == 0 || EVP_MAC_init(ctx, NULL, 0, NULL) == 1) && EVP_MAC_update(ctx, header, sizeof header) == 1 &&
+         EVP_MAC_update(ctx, data + s * TREE_SECTOR, TREE_SECTOR) == 1 && EVP_MAC_final(ctx, dst, &written, HASH_BYTES) == 1 &&
+         written == HASH_BYTES;
+    if (ok && expected) {
+      flags[s] = CRYPTO_memcmp(leaf, expected + s * HASH_BYTES, HASH_BYTES) != 0;
+      *bad += flags[s];
+    }
+  }
+  EVP_MAC_CTX_free(ctx);
+  return ok;
+}
+
+static int pread_fully(int fd, uint8_t *buf, size_t len, int64_t pos) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(fd, buf + done, len - done, (off_t)(pos + (int64_t)done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    if (n == 0) return STATUS_SHORT_READ;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static int pwrite_fully(int fd, const uint8_t *buf, size_t len, int64_t pos) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(fd, buf + done, len - done, (off_t)(pos + (int64_t)done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    if (n == 0) return EIO;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static void job_execute(napi_env env, void *arg) {
+  (void)env;
+  job *j = arg;
+  algorithms *a = j->algs;
+  switch (j->kind) {
+    case JOB_XTS_READ:
+      j->status = pread_fully(j->fd, j->data.data, j->data.length, j->position);
+      if (j->status == 0 && !xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->data.data, j->data.length, 0)) {
+        j->status = STATUS_CRYPTO_FAILED;
+      }
+      break;
+    case JOB_XTS_WRITE:
+      if (!xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->out.data, j->data.length, 1)) j->status = STATUS_CRYPTO_FAILED;
+      else j->status = pwrite_fully(j->fd, j->out.data, j->data.length, j->position);
+      break;
+    case JOB_READ_OPEN:
+      j->status = pread_fully(j->fd, j->data.data, j->data.length, j->position);
+      if (j->status != 0) break;
+      // fall through - verify and decrypt what was read
+    case JOB_OPEN:
+      // Every sector is checked first; nothing is decrypted unless all of them matched.
+      if (!leaves_of(a, j->hmac_key, j->hmac_key_len, j->first_sector, j->data.data, j->data.length, NULL, j->leaves.data, j->out.data, &j->bad) ||
+          (j->bad == 0 && !xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->data.data, j->data.length, 0))) {
+        j->status = STATUS_CRYPTO_FAILED;
+      }
+      break;
+    case JOB_SEAL:
+      if (!xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->out.data, j->data.length, 1) ||
+          !leaves_of(a, j->hmac_key, j->hmac_key_len, j->first_sector, j->out.data, j->data.length, j->leaves.data, NULL, NULL, NULL)) {
+        j->status = STATUS_CRYPTO_FAILED;
+      }
+      break;
+  }
+}
+
+static void job_free(napi_env env, job *j) {
+  if (j->work) napi_delete_async_work(env, j->work);
+  if (j->callback) napi_delete_reference(env, j->callback);
+  if (j->data_ref) napi_delete_reference(env, j->data_ref);
+  if (j->out_ref) napi_delete_reference(env, j->out_ref);
+  if (j->leaves_ref) napi_delete_reference(env, j->leaves_ref);
+  OPENSSL_cleanse(j->xts_key, sizeof j->xts_key);
+  OPENSSL_cleanse(j->hmac_key, sizeof j->hmac_key);
+  OPENSSL_free(j);
+}
+
+static void job_complete(napi_env env, napi_status status, void *arg) {
+  job *j = arg;
+  napi_value cb, undefined, argv[2];
+  if (status != napi_ok) j->status = STATUS_CRYPTO_FAILED;
+  if (napi_get_reference_value(env, j->callback, &cb) == napi_ok && napi_get_undefined(env, &undefined) == napi_ok &&
+      napi_create_int32(env, j->status, &argv[0]) == napi_ok && napi_create_uint32(env, j->bad, &argv[1]) == napi_ok) {
+    job_free(env, j);
+    napi_call_function(env, undefined, cb, 2, argv, NULL);
+    return;
+  }
+  job_free(env, j);
+}
+
+// sectorJob(kind, xtsKey, hmacKey, firstSector, ess, fd, position, data, out, leaves, callback(status, bad)):
+//   XTS_READ  pread data.length bytes at position into data, decrypt in place;
+//   XTS_WRITE encrypt data into out, pwrite out at position;
+//   OPEN      leaves of data compared with leaves (expected), out[i] = 1 for a mismatch; decrypt in place if none;
+//   SEAL      encrypt data into out, leaves of out into leaves;
+//   READ_OPEN pread data.length bytes at position into data, then OPEN.
+// firstSector counts 4096-byte sectors; data is whole 4096-byte sectors. Buffers must not be touched until the
+// callback runs. Unused buffers may be empty.
+static napi_value sector_job(napi_env env, napi_callback_info info) {
+  napi_value argv[11];
+  algorithms *algs = NULL;
+  if (!get_args(env, info, 11, argv, &algs)) return NULL;
+  uint32_t kind, ess, fd_u;
+  uint64_t first;
+  double position = 0;
+  bytes xts_key, hmac_key, data, out, leaves;
+  napi_valuetype cb_type;
+  if (!get_u32(env, argv[0], "kind", &kind) || !get_bytes(env, argv[1], "xtsKey", &xts_key) || !get_bytes(env, argv[2], "hmacKey", &hmac_key) ||
+      !get_u64(env, argv[3], "firstSector", &first) || !get_sector_size(env, argv[4], &ess) || !get_u32(env, argv[5], "fd", &fd_u) ||
+      !get_bytes(env, argv[7], "data", &data) || !get_bytes(env, argv[8], "out", &out) || !get_bytes(env, argv[9], "leaves", &leaves)) {
+    return NULL;
+  }
+  if (napi_get_value_double(env, argv[6], &position) != napi_ok || !(position >= 0 && position <= 9007199254740991.0) ||
+      position != (double)(int64_t)position) {
+    throw_range(env, "position must be a safe non-negative integer");
+    return NULL;
+  }
+  if (napi_typeof(env, argv[10], &cb_type) != napi_ok || cb_type != napi_function) {
+    throw_type(env, "callback must be a function");
+    return NULL;
+  }
+  if (kind > JOB_READ_OPEN) {
+    throw_range(env, "unknown job kind");
+    return NULL;
+  }
+  if (ess > TREE_SECTOR) {
+    throw_range(env, "encryption sector size must not exceed 4096");
+    return NULL;
+  }
+  if (xts_key.length != XTS_KEY_BYTES || CRYPTO_memcmp(xts_key.data, xts_key.data + XTS_KEY_BYTES / 2, XTS_KEY_BYTES / 2) == 0) {
+    throw_range(env, "xts key must be 64 bytes with differing halves");
+    return NULL;
+  }
+  const bool hashes = kind == JOB_OPEN || kind == JOB_SEAL || kind == JOB_READ_OPEN;
+  if (hashes && (hmac_key.length < MIN_HMAC_KEY || hmac_key.length > MAX_HMAC_KEY)) {
+    throw_range(env, "integrity key must be 16..64 bytes");
+    return NULL;
+  }
+  if (data.length == 0 || data.length % TREE_SECTOR != 0 || data.length > INT32_MAX) {
+    throw_range(env, "data must be a positive whole number of 4096-byte sectors");
+    return NULL;
+  }
+  const size_t sectors = data.length / TREE_SECTOR;
+  if (first > (UINT64_MAX / (TREE_SECTOR / 512)) - sectors) {
+    throw_range(env, "sector range is beyond the 64-bit IV range");
+    return NULL;
+  }
+  if ((kind == JOB_XTS_WRITE || kind == JOB_SEAL) && (out.length < data.length || overlaps_partially(data.data, out.data, data.length))) {
+    throw_range(env, "out must hold data.length bytes and not overlap data");
+    return NULL;
+  }
+  if ((kind == JOB_OPEN || kind == JOB_READ_OPEN) && (out.length < sectors || leaves.length / HASH_BYTES < sectors)) {
+    throw_range(env, "open needs one flag byte and one 32-byte expected leaf per sector");
+    return NULL;
+  }
+  if (kind == JOB_SEAL && leaves.length / HASH_BYTES < sectors) {
+    throw_range(env, "leaves is smaller than 32 bytes per sector");
+    return NULL;
+  }
+  if ((kind == JOB_XTS_READ || kind == JOB_XTS_WRITE || kind == JOB_READ_OPEN) && fd_u > INT32_MAX) {
+    throw_range(env, "fd is out of range");
+    return NULL;
+  }
+
+  job *j = OPENSSL_zalloc(sizeof *j);
+  if (j == NULL) {
+    napi_throw_error(env, NULL, "sector crypto: out of memory");
+    return NULL;
+  }
+  j->algs = algs;
+  j->kind = (int)kind;
+  memcpy(j->xts_key, xts_key.data, XTS_KEY_BYTES);
+  if (hashes) {
+    memcpy(j->hmac_key, hmac_key.data, hmac_key.length);
+    j->hmac_key_len = hmac_key.length;
+  }
+  j->first_sector = first;
+  j->ess = ess;
+  j->fd = (int)fd_u;
+  j->position = (int64_t)position;
+  j->data = data;
+  j->out = out;
+  j->leaves = leaves;
+  napi_value name;
+  if (napi_create_reference(env, argv[10], 1, &j->callback) != napi_ok || napi_create_reference(env, argv[7], 1, &j->data_ref) != napi_ok ||
+      napi_create_reference(env, argv[8], 1, &j->out_ref) != napi_ok || napi_create_reference(env, argv[9], 1, &j->leaves_ref) != napi_ok ||
+      napi_create_string_utf8(env, "vmseal:sectorJob", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, job_execute, job_complete, j, &j->work) != napi_ok || napi_queue_async_work(env, j->work) != napi_ok) {
+    job_free(env, j);
+    napi_throw_error(env, NULL, "sector crypto: cannot queue the job");
+    return NULL;
+  }
+  return NULL;
+}
+
 static void free_algorithms(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -265,6 +535,7 @@ NAPI_MODULE_INIT() {
       {"xtsEncrypt", NULL, xts_encrypt, NULL, NULL, NULL, napi_enumerable, algs},
       {"xtsDecrypt", NULL, xts_decrypt, NULL, NULL, NULL, napi_enumerable, algs},
       {"hmacLeaves", NULL, hmac_leaves, NULL, NULL, NULL, napi_enumerable, algs},
+      {"sectorJob", NULL, sector_job, NULL, NULL, NULL, napi_enumerable, algs},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -1,6 +1,6 @@
 /**
- * Child-process entry of bench/disk: serves one sealed image (SealedBackend: XTS + integrity tree)
- * over our NBD server until SIGTERM or SIGINT, so its CPU use is separate from the benchmark's.
+ * Child-process entry of bench/disk: serves one sealed image over our NBD server, either with the
+ * integrity tree (SealedBackend) or XTS only (XtsBackend, config `integrity: "none"`), until SIGTERM or SIGINT, so its CPU use is separate from the benchmark's.
  * Usage: node --import tsx bench/lib/serve-sealed.ts CONFIG.json, where the config (written 0600 by
  * the benchmark, in its scratch directory) names the files, the volume key and the sealing root.
  */
@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { z } from 'zod';
 import { NbdServer } from '../../src/monitor/disk/nbd-server.ts';
 import { SealedBackend } from '../../src/monitor/disk/sealed-backend.ts';
+import { XtsBackend } from '../../src/monitor/disk/xts-backend.ts';
 import { MonitorDb } from '../../src/monitor/state/monitor-db.ts';
 
 const hex = (bytes: number) => z.string().regex(new RegExp(`^[0-9a-f]{${bytes * 2}}$`));
@@ -21,6 +22,8 @@ const SealedServeConfig = z.object({
   db: z.string().min(1),
   socket: z.string().min(1),
   export: z.string(),
+  integrity: z.enum(['tree', 'none']),
+  sectors: z.number().int().positive(),
 });
 
 const path = process.argv[2];
@@ -28,16 +31,21 @@ if (!path) throw new Error('usage: serve-sealed.ts CONFIG.json');
 const config = SealedServeConfig.parse(JSON.parse(readFileSync(path, 'utf8')));
 
 const db = MonitorDb.open(config.db);
-const backend = await SealedBackend.open({
-  imagePath: config.image,
-  sidecarPath: config.sidecar,
-  payloadOffset: config.payloadOffset,
-  volumeKey: Buffer.from(config.volumeKey, 'hex'),
-  bundleRoot: Buffer.from(config.root, 'hex'),
-  db,
-  // An alert in a benchmark means a bug: say so loudly, the failed request makes the bench fail.
-  onAlert: (a) => process.stderr.write(`serve-sealed: ALERT ${JSON.stringify(a)}\n`),
-});
+// An alert in a benchmark means a bug: say so loudly, the failed request makes the bench fail.
+const onAlert = (a: unknown): void => void process.stderr.write(`serve-sealed: ALERT ${JSON.stringify(a)}\n`);
+const volumeKey = Buffer.from(config.volumeKey, 'hex');
+const backend =
+  config.integrity === 'none'
+    ? await XtsBackend.open({ imagePath: config.image, payloadOffset: config.payloadOffset, sectors: config.sectors, volumeKey, onAlert })
+    : await SealedBackend.open({
+        imagePath: config.image,
+        sidecarPath: config.sidecar,
+        payloadOffset: config.payloadOffset,
+        volumeKey,
+        bundleRoot: Buffer.from(config.root, 'hex'),
+        db,
+        onAlert,
+      });
 const logger = pino({ name: 'vmseal-bench-sealed', level: 'warn' }, pino.destination(2));
 const server = new NbdServer({ socketPath: config.socket, exports: new Map([[config.export, backend]]), logger });
 await server.listen();

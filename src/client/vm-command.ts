@@ -5,7 +5,7 @@
  */
 import { grantProof } from '../crypto/tpm-grant-mac.ts';
 import { commandResponseSchema } from '../formats/protocol/monitor-api.ts';
-import type { CommandRequest, CommandResultBody, TpmOp, VmOp } from '../formats/protocol/command.ts';
+import type { CommandRequest, CommandResultBody, ScanPage, TpmOp, VmOp } from '../formats/protocol/command.ts';
 import { MgmtClient } from './mgmt-client.ts';
 import { openCommandResult, sealCommand } from './sealed-command.ts';
 import { updateTenantState, type TenantState } from './tenant-state.ts';
@@ -50,4 +50,24 @@ export function sendTpmCommand(tenantDir: string, name: string, op: TpmOp, o: { 
     const proof = grantProof(Buffer.from(other.commandKey, 'base64'), { ownerVmId: owner.vmId, granteeVmId: other.vmId, nvIndex: o.index, counter });
     return { op, args: { index: o.index, with: other.vmId, proof: proof.toString('hex') } };
   });
+}
+
+/** `vmseal vm protect NAME --path P`: the monitor write-protects P's blocks from now on. */
+export function sendProtectCommand(tenantDir: string, name: string, path: string): Promise<CommandResultBody> {
+  return send(tenantDir, name, () => ({ op: 'protect', args: { path } }));
+}
+
+/** Every file of one scan, each page a sealed command; fails if another scan replaced it midway. */
+export async function runVmScan(tenantDir: string, name: string, paths?: string[]): Promise<{ head: ScanPage; files: Array<[string, string]> }> {
+  const files: Array<[string, string]> = [];
+  let head: ScanPage | undefined;
+  for (let page = 0; page < (head?.pages ?? 1); page++) {
+    const r = await send(tenantDir, name, () => ({ op: 'scan', args: { page, ...(paths?.length ? { paths } : {}) } }));
+    if (!r.ok || !r.scan) throw new Error(`scan page ${page} failed: ${r.error ?? 'no scan in the result'}`);
+    if (head && r.scan.scanId !== head.scanId) throw new Error('another scan of this VM started meanwhile; run the scan again');
+    head ??= r.scan;
+    files.push(...r.scan.entries);
+  }
+  if (files.length !== head!.files) throw new Error(`scan returned ${files.length} files, its summary says ${head!.files}`);
+  return { head: head!, files };
 }

@@ -4,6 +4,9 @@
  * certificate it relays against the pinned CA, seal the bundle to that host, launch, and keep the
  * VM only if the identity proof checks out.
  */
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { deriveVmKey } from '../crypto/keys.ts';
 import { launchResponseSchema } from '../formats/protocol/monitor-api.ts';
@@ -30,6 +33,13 @@ export interface VmLaunchInput {
   relaunch?: boolean;
   /** IDS measurements allowed to introspect the VM (none by default). */
   idsMeasurements?: string[];
+  /**
+   * 'tree' (default): the monitor checks every sector against an integrity tree. 'none': XTS only, faster, but a
+   * sector flipped, moved or rolled back by storage goes undetected (docs/sealed-disk.md).
+   */
+  integrity?: 'tree' | 'none';
+  /** Guest paths the monitor write-protects from launch on (`--protect`; docs/integrity.md). */
+  protectedPaths?: string[];
   onProgress?: (msg: string) => void;
 }
 
@@ -37,6 +47,13 @@ export interface LaunchedVm {
   name: string;
   vmId: string;
   hostId: string;
+}
+
+/** A zero-byte file in a fresh temporary directory. */
+async function emptyFile(): Promise<string> {
+  const path = join(await mkdtemp(join(tmpdir(), 'vmseal-launch-')), 'empty');
+  await writeFile(path, '');
+  return path;
 }
 
 const hostReplySchema = z.object({ hostId: z.string(), certificate: z.string().max(16_384) });
@@ -52,8 +69,14 @@ export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
   say(`unlocking ${input.imagePath}`);
   const image = await openImage({ path: input.imagePath, passphrase: input.passphrase });
   if (image.sectorSize !== 4096) throw new Error(`${input.imagePath} uses ${image.sectorSize}-byte sectors; vmseal launches images with 4096-byte sectors (re-seal it with vmseal image seal)`);
-  say('computing the integrity tree over the ciphertext');
-  const sidecar = await buildSidecarForImage(input.imagePath, image.volumeKey, image.payloadOffset, { sidecarPath: sidecarPathFor(input.imagePath), overwrite: true });
+  const integrity = input.integrity ?? 'tree';
+  const sectors = Math.floor(image.size / 4096);
+  if (sectors < 1) throw new Error(`${input.imagePath} has no payload`);
+  let sidecar: { sidecarPath: string; root: Buffer; sectors: number } | undefined;
+  if (integrity === 'tree') {
+    say('computing the integrity tree over the ciphertext');
+    sidecar = await buildSidecarForImage(input.imagePath, image.volumeKey, image.payloadOffset, { sidecarPath: sidecarPathFor(input.imagePath), overwrite: true });
+  } else say('XTS only (no integrity tree): storage could flip, move or roll back sectors undetected');
 
   const mgmt = new MgmtClient(input.mgmtUrl);
   const hostReply = hostReplySchema.parse(await mgmt.getHost());
@@ -76,7 +99,8 @@ export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
   const initrdName = `i-${initrdSha256.slice(0, 32)}`;
   if (!input.relaunch) {
     await upload('image', input.name, input.imagePath);
-    await upload('sidecar', input.name, sidecar.sidecarPath);
+    // The monitor API names a sidecar for every launch; an XTS-only disk's is empty and never read.
+    await upload('sidecar', input.name, sidecar?.sidecarPath ?? (await emptyFile()));
   }
   await upload('kernel', kernelName, input.kernel);
   await upload('initrd', initrdName, input.initrd);
@@ -89,8 +113,10 @@ export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
     kernelSha256,
     initrdSha256,
     cmdline: input.cmdline,
-    disk: { payloadOffset: image.payloadOffset, sectorSize: 4096, sectors: sidecar.sectors, integrityRoot: sidecar.root.toString('hex') },
-    policy: { idsMeasurements: input.idsMeasurements ?? [] },
+    disk: sidecar
+      ? { payloadOffset: image.payloadOffset, sectorSize: 4096, sectors: sidecar.sectors, integrity: 'tree', integrityRoot: sidecar.root.toString('hex') }
+      : { payloadOffset: image.payloadOffset, sectorSize: 4096, sectors, integrity: 'none' },
+    policy: { idsMeasurements: input.idsMeasurements ?? [], ...(input.protectedPaths?.length ? { protectedPaths: input.protectedPaths } : {}) },
   });
   say('launching (bundle sealed to the host key)');
   const reply = launchResponseSchema.parse(await mgmt.launch({ bundle: sealed.toString('base64'), image: input.name, kernel: kernelName, initrd: initrdName }));

@@ -12,6 +12,19 @@ interface Addon {
   xtsEncrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
   xtsDecrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
   hmacLeaves(key: Uint8Array, firstSector: bigint, sectorSize: number, data: Uint8Array, outLeaves: Uint8Array): void;
+  sectorJob(
+    kind: number,
+    xtsKey: Uint8Array,
+    hmacKey: Uint8Array,
+    firstSector: bigint,
+    encryptionSectorSize: number,
+    fd: number,
+    position: number,
+    data: Uint8Array,
+    out: Uint8Array,
+    leaves: Uint8Array,
+    callback: (status: number, bad: number) => void,
+  ): void;
 }
 
 const ADDON_PATH = '../../build/Release/sector_crypto.node';
@@ -94,3 +107,53 @@ export class NativeXtsCipher {
     return dst;
   }
 }
+
+const JOB = { xtsRead: 0, xtsWrite: 1, open: 2, seal: 3, readOpen: 4 } as const;
+const NONE = new Uint8Array(0);
+
+function jobError(status: number, what: string): Error {
+  if (status === -2) return Object.assign(new Error(`${what}: unexpected end of file`), { code: 'EIO' });
+  if (status < 0) return new Error(`${what}: OpenSSL failed`);
+  return Object.assign(new Error(`${what}: I/O error (errno ${status})`), { errno: status, code: status === 28 ? 'ENOSPC' : 'EIO' });
+}
+
+function sectorJob(kind: number, xtsKey: Uint8Array, hmacKey: Uint8Array, firstSector: number, ess: number, fd: number, position: number, data: Uint8Array, out: Uint8Array, leaves: Uint8Array): Promise<number> {
+  const a = load();
+  return new Promise((resolve, reject) => {
+    a.sectorJob(kind, xtsKey, hmacKey, toBigSector(firstSector, 'sector job: sector'), ess, fd, position, data, out, leaves, (status, bad) => {
+      if (status === 0) resolve(bad);
+      else reject(jobError(status, 'sector job'));
+    });
+  });
+}
+
+/**
+ * Whole-request sector work on libuv's thread pool, on the caller's buffers without copies (they must stay
+ * untouched until the promise settles). Sectors count 4096-byte units; `ess` is the image's XTS data unit (4096,
+ * or 512 for LUKS1), whose plain64 tweak counts 512-byte units. Computes what XtsCipher and TreeHasher compute.
+ */
+export const sectorJobs = {
+  /** pread `data.length` bytes at `position`, then decrypt them in place. */
+  xtsRead(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array): Promise<void> {
+    return sectorJob(JOB.xtsRead, key, NONE, firstSector, ess, fd, position, data, NONE, NONE).then(() => undefined);
+  },
+  /** Encrypt `plain` into `scratch` (same length or longer, not overlapping), then pwrite it at `position`. */
+  xtsWrite(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, plain: Uint8Array, scratch: Uint8Array): Promise<void> {
+    return sectorJob(JOB.xtsWrite, key, NONE, firstSector, ess, fd, position, plain, scratch, NONE).then(() => undefined);
+  },
+  /**
+   * Checks every sector's leaf against expected[32i..]; flags[i] becomes 1 where it does not match. Decrypts
+   * `data` in place only if all matched. Resolves with the number of mismatches.
+   */
+  open(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
+    return sectorJob(JOB.open, xtsKey, hmacKey, firstSector, ess, -1 >>> 0, 0, data, flags, expected);
+  },
+  /** pread `data.length` bytes at `position` into `data`, then open() them. */
+  readOpen(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
+    return sectorJob(JOB.readOpen, xtsKey, hmacKey, firstSector, ess, fd, position, data, flags, expected);
+  },
+  /** Encrypts `plain` into `ciphertext` and writes the ciphertext's leaves to `leaves`. */
+  seal(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, firstSector: number, plain: Uint8Array, ciphertext: Uint8Array, leaves: Uint8Array): Promise<void> {
+    return sectorJob(JOB.seal, xtsKey, hmacKey, firstSector, ess, -1 >>> 0, 0, plain, ciphertext, leaves).then(() => undefined);
+  },
+};

@@ -27,7 +27,8 @@ export function registerImageCommands(program: Command): void {
     .requiredOption('--passphrase-file <file>', "the keyslot passphrase (the file's exact bytes)")
     .option('--pbkdf <pbkdf2|argon2id>', 'keyslot key derivation', 'argon2id')
     .option('--force', 'replace an existing output image and sidecar')
-    .action(async (opts: { in: string; out: string; passphraseFile: string; pbkdf: string; force?: boolean }) => {
+    .option('--no-integrity', 'write no sidecar: for an XTS-only disk (flipped, moved or rolled-back sectors go undetected)')
+    .action(async (opts: { in: string; out: string; passphraseFile: string; pbkdf: string; force?: boolean; integrity: boolean }) => {
       if (opts.pbkdf !== 'pbkdf2' && opts.pbkdf !== 'argon2id') throw new Error(`--pbkdf must be pbkdf2 or argon2id, not ${opts.pbkdf}`);
       const passphrase = await readPassphraseFile(opts.passphraseFile);
       const progress = createProgress(process.stderr, 'image: ');
@@ -43,15 +44,15 @@ export function registerImageCommands(program: Command): void {
           overwrite: opts.force ?? false,
           onProgress: (done, total) => progress.onTransfer(done, total),
           onStart: async ({ volumeKey, sectors }) => {
-            writer = await IntegritySidecarWriter.create(sidecarPath, volumeKey, sectors, { overwrite: opts.force ?? false });
+            if (opts.integrity) writer = await IntegritySidecarWriter.create(sidecarPath, volumeKey, sectors, { overwrite: opts.force ?? false });
           },
-          onCiphertext: (firstSector, ciphertext) => writer!.add(firstSector, ciphertext),
+          onCiphertext: (firstSector, ciphertext) => writer?.add(firstSector, ciphertext),
         });
-        const root = await writer!.finish();
+        const root = await writer?.finish();
         progress.stop();
         process.stdout.write(
           `sealed ${opts.out}: LUKS2 aes-xts-plain64, ${sealed.sectors} sectors of ${SECTOR} bytes, payload at ${sealed.payloadOffset}, uuid ${sealed.uuid}\n` +
-            `integrity sidecar ${sidecarPath}, root ${root.toString('hex')}\n`,
+            (root ? `integrity sidecar ${sidecarPath}, root ${root.toString('hex')}\n` : 'no integrity sidecar (XTS only: launch with vmseal vm launch --no-integrity)\n'),
         );
       } finally {
         progress.stop();

@@ -1,6 +1,10 @@
 import { Option, type Command } from 'commander';
 import { MgmtClient, MgmtError } from '../../client/mgmt-client.ts';
-import { sendVmCommand } from '../../client/vm-command.ts';
+import { runVmScan, sendProtectCommand, sendTpmCommand, sendVmCommand } from '../../client/vm-command.ts';
+import { scanBaseline, scanMeasurementList, scanReport } from '../../client/vm-scan-report.ts';
+import { parseBaseline } from '../../formats/file-baseline.ts';
+import { readFile, writeFile } from 'node:fs/promises';
+import { formatPcrRows, pcrRows } from '../../client/tpm-pcrs.ts';
 import { launchVm } from '../../client/vm-launch.ts';
 import { VM_OPS, type VmOp } from '../../formats/protocol/command.ts';
 import { buildGuest } from '../../guest/build.ts';
@@ -82,7 +86,9 @@ export function registerVmCommands(program: Command): void {
     .option('--initrd <file>', "initramfs (default: the demo guest's)")
     .option('--cmdline <text>', "kernel command line (default: the demo guest's)")
     .option('--relaunch', 'start again a VM launched before from this image; its stored disk (with the changes of its last run) is used')
-    .action(async (name: string, opts: { dir: string; mgmt: string; image: string; passphraseFile: string; kernel?: string; initrd?: string; cmdline?: string; relaunch?: boolean }) => {
+    .option('--no-integrity', 'XTS only: faster, but storage could flip, move or roll back sectors undetected')
+    .option('--protect <path>', 'write-protect this guest file or directory (ext4; repeatable; docs/integrity.md)', (v: string, all: string[]) => [...all, v], [] as string[])
+    .action(async (name: string, opts: { dir: string; mgmt: string; image: string; passphraseFile: string; kernel?: string; initrd?: string; cmdline?: string; relaunch?: boolean; integrity: boolean; protect: string[] }) => {
       const demo = opts.kernel && opts.initrd && opts.cmdline !== undefined ? undefined : await buildGuest({ onProgress: (m) => process.stderr.write(`guest: ${m}\n`) });
       const launched = await launchVm({
         tenantDir: opts.dir,
@@ -94,6 +100,8 @@ export function registerVmCommands(program: Command): void {
         initrd: opts.initrd ?? demo!.initrd,
         cmdline: opts.cmdline ?? demo!.cmdline,
         relaunch: opts.relaunch ?? false,
+        integrity: opts.integrity ? 'tree' : 'none',
+        protectedPaths: opts.protect,
         onProgress: (m) => process.stderr.write(`vm: ${m}\n`),
       }).catch(explain);
       process.stdout.write(`launched ${launched.name}: VM ${launched.vmId} on host ${launched.hostId} (identity proof verified)\n`);
@@ -118,4 +126,93 @@ export function registerVmCommands(program: Command): void {
         if (!r.ok) process.exitCode = 1;
       });
   }
+
+  registerTpmCommands(vm);
+  registerMeasureCommands(vm);
+}
+
+/** `vmseal vm scan|protect`: agentless file integrity and write protection (docs/integrity.md). */
+function registerMeasureCommands(vm: Command): void {
+  vm.command('scan')
+    .description("hash the guest's files on its disk, from outside the guest, and compare them with a baseline")
+    .argument('<name>', 'the VM name')
+    .addOption(tenantDirOption())
+    .option('--baseline <file>', 'baseline JSON to compare with (from --save-baseline)')
+    .option('--paths <path...>', 'only these files and directories')
+    .option('--save-baseline <file>', 'write this scan as a baseline')
+    .option('--list <file>', 'write the IMA-style measurement list')
+    .option('--json', 'print the summary and diff as JSON')
+    .action(async (name: string, opts: { dir: string; baseline?: string; paths?: string[]; saveBaseline?: string; list?: string; json?: boolean }) => {
+      const baseline = opts.baseline ? parseBaseline(await readFile(opts.baseline)) : undefined;
+      const { head, files } = await runVmScan(opts.dir, name, opts.paths).catch(explain);
+      const report = scanReport(head, files, baseline, opts.paths);
+      if (opts.saveBaseline) await writeFile(opts.saveBaseline, `${JSON.stringify(scanBaseline(head, files), null, 1)}\n`);
+      if (opts.list) await writeFile(opts.list, scanMeasurementList(files));
+      const d = report.diff;
+      if (opts.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else {
+        process.stdout.write(`${name}: ${report.filesystem}, ${report.files} files hashed (${report.bytesHashed} bytes), ${report.unsupported} unsupported, ${report.missing.length} missing\n`);
+        for (const m of report.missing) process.stdout.write(`missing  ${m}\n`);
+        if (d) for (const [k, list] of [['added', d.added], ['modified', d.modified], ['removed', d.removed]] as const) for (const p of list) process.stdout.write(`${k.padEnd(8)} ${p}\n`);
+      }
+      if (d && d.added.length + d.modified.length + d.removed.length > 0) process.exitCode = 1;
+    });
+  vm.command('protect')
+    .description('write-protect a guest file or directory from now on (ext4): the monitor refuses guest writes to its blocks')
+    .argument('<name>', 'the VM name')
+    .requiredOption('--path <path>', 'absolute guest path')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string; path: string }) => {
+      const r = await sendProtectCommand(opts.dir, name, opts.path).catch(explain);
+      process.stdout.write(`${name}: protect ${opts.path} ${r.ok ? `done (${r.protectedRanges ?? 0} ranges)` : `failed: ${r.error}`} (sealed result #${r.counter} verified)\n`);
+      if (!r.ok) process.exitCode = 1;
+    });
+}
+
+function nvIndexArg(text: string): number {
+  const n = Number(text);
+  if (!/^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$/.test(text) || !Number.isInteger(n) || n < 0x01000000 || n > 0x01ffffff) {
+    throw new Error(`--index ${JSON.stringify(text)} is not an NV index handle (0x01000000-0x01ffffff)`);
+  }
+  return n;
+}
+
+/** `vmseal vm tpm …`: read-only NV sharing between the tenant's VMs, and the vTPM's PCRs. */
+function registerTpmCommands(vm: Command): void {
+  const tpm = vm.command('tpm').description("the VM's vTPM: share NV indices read-only with the tenant's other VMs, show PCRs");
+  const report = (name: string, what: string, r: { ok: boolean; error?: string | undefined; counter: number }) => {
+    process.stdout.write(`${name}: ${what} ${r.ok ? 'done' : `failed: ${r.error}`} (sealed result #${r.counter} verified)\n`);
+    if (!r.ok) process.exitCode = 1;
+  };
+  tpm.command('share')
+    .description('let OTHER read NV index I of NAME (read-only; NAME can no longer write it while shared)')
+    .argument('<name>', 'the VM that owns the index')
+    .requiredOption('--index <I>', 'the NV index, e.g. 0x01800010 (owner range 0x01800000-0x0180ffff)')
+    .requiredOption('--with <other>', 'the VM that may read it')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string; index: string; with: string }) => {
+      const index = nvIndexArg(opts.index);
+      report(name, `share 0x${index.toString(16)} with ${opts.with}`, await sendTpmCommand(opts.dir, name, 'tpm-share', { index, other: opts.with }).catch(explain));
+    });
+  tpm.command('revoke')
+    .description("withdraw OTHER's read access to NV index I of NAME (effective from OTHER's next TPM command)")
+    .argument('<name>', 'the VM that owns the index')
+    .requiredOption('--index <I>', 'the NV index')
+    .requiredOption('--from <other>', 'the VM to revoke')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string; index: string; from: string }) => {
+      const index = nvIndexArg(opts.index);
+      report(name, `revoke 0x${index.toString(16)} from ${opts.from}`, await sendTpmCommand(opts.dir, name, 'tpm-revoke', { index, other: opts.from }).catch(explain));
+    });
+  tpm.command('pcrs')
+    .description("the vTPM's sha256 PCRs next to the replay of the monitor's launch event log")
+    .argument('<name>', 'the VM name')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string }) => {
+      const r = await sendTpmCommand(opts.dir, name, 'tpm-pcrs').catch(explain);
+      if (!r.ok || !r.tpm) return report(name, 'pcrs', r);
+      const rows = pcrRows(r.tpm);
+      process.stdout.write(formatPcrRows(rows));
+      if (rows.some((row) => row.replay !== undefined && row.replay !== row.tpm)) process.exitCode = 1;
+    });
 }

@@ -1,7 +1,8 @@
 /**
  * Runs the sealed disk's sector crypto (XTS + leaf HMACs) on worker threads, one per core, so large requests
- * use both cores and leave the main thread free for the NBD protocol. Small requests run inline: below a
- * threshold the copies and the round trip to a worker cost more than they save.
+ * use both cores and leave the main thread free for the NBD protocol. Other requests ("inline") run as one
+ * native job each on libuv's thread pool, on the caller's buffers: no copy and no worker round trip, and still
+ * off the main thread.
  *
  * One pool serves every sealed disk of the process (CryptoPool.acquire); each disk registers its keys as a
  * CryptoContext. Workers start on the first large request. A job carries at most SLAB_SECTORS sectors through
@@ -11,6 +12,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { readFully } from './fd-io.ts';
 import { SLAB_BYTES, SLAB_EXPECTED_AT, SLAB_LEAVES_AT, SLAB_SECTORS, type WorkerReply, type WorkerRequest } from './crypto-protocol.ts';
 import { SectorCrypto, type SectorKeys } from './sector-crypto.ts';
 
@@ -19,8 +21,9 @@ const LEAF = 32;
 /**
  * Requests up to this size run inline by default. Measured on a 2-core host with qemu-img bench as the client
  * (64 KiB and 1 MiB sequential reads, A/B interleaved): the workers' extra copies and wake-ups cost more than
- * the second core gives once the client and the main thread occupy both cores, so there everything runs inline;
- * with more cores, requests above 32 KiB (8 sectors, well above a worker round trip) go to the workers.
+ * the second core gives once the client and the main thread occupy both cores, so there everything runs inline
+ * (on libuv's pool, which uses both cores without copies); with more cores, requests above 32 KiB (8 sectors,
+ * well above a worker round trip) go to the workers.
  */
 export const DEFAULT_INLINE_MAX_BYTES = availableParallelism() > 2 ? 32 * 1024 : Number.POSITIVE_INFINITY;
 /** Parts smaller than this are not worth a separate job. */
@@ -211,9 +214,6 @@ function keyMessage(key: number, k: SectorKeys): WorkerRequest {
 /** One disk's keys, on the main thread and in the pool's workers. */
 export class CryptoContext {
   #closed = false;
-  /** Inline seal output, reused: the sink gets it synchronously. */
-  #ciphertext = Buffer.alloc(0);
-  #leaves = Buffer.alloc(0);
 
   constructor(
     private readonly pool: CryptoPool,
@@ -236,21 +236,17 @@ export class CryptoContext {
           .run({ request: { type: 'seal', key: this.key, firstSector: firstSector + from, sectors: count }, input: part, sink })
           .catch((err: unknown) => {
             if (!(err instanceof WorkersUnavailable)) throw err;
-            this.#sealInline(firstSector + from, part, sink);
+            return this.#sealInline(firstSector + from, part, sink);
           });
       }),
     );
   }
 
-  #sealInline(firstSector: number, plain: Buffer, sink: SealSink): void {
-    const sectors = plain.length / SECTOR;
-    if (this.#ciphertext.length < plain.length) {
-      this.#ciphertext = Buffer.alloc(plain.length);
-      this.#leaves = Buffer.alloc(sectors * LEAF);
-    }
-    const ciphertext = this.#ciphertext.subarray(0, plain.length);
-    const leaves = this.#leaves.subarray(0, sectors * LEAF);
-    this.inline.seal(firstSector, plain, ciphertext, leaves);
+  /** Not on a worker: one job on libuv's thread pool, into buffers of this call's own (jobs run concurrently). */
+  async #sealInline(firstSector: number, plain: Buffer, sink: SealSink): Promise<void> {
+    const ciphertext = Buffer.allocUnsafe(plain.length);
+    const leaves = Buffer.allocUnsafe((plain.length / SECTOR) * LEAF);
+    await this.inline.sealAsync(firstSector, plain, ciphertext, leaves);
     sink(firstSector, ciphertext, leaves);
   }
 
@@ -260,7 +256,10 @@ export class CryptoContext {
    * not use `plain` unless that list is empty.
    */
   async open(firstSector: number, ciphertext: Buffer, expected: Buffer, plain: Buffer): Promise<number[]> {
-    if (!this.#offload(ciphertext.length)) return this.inline.open(firstSector, ciphertext, expected, plain);
+    if (!this.#offload(ciphertext.length)) {
+      if (plain === ciphertext) return this.inline.openInPlaceAsync(firstSector, ciphertext, expected);
+      return this.inline.open(firstSector, ciphertext, expected, plain);
+    }
     const results = await Promise.all(
       this.#parts(ciphertext.length / SECTOR).map(async ([from, count]) => {
         const input = ciphertext.subarray(from * SECTOR, (from + count) * SECTOR);
@@ -278,9 +277,22 @@ export class CryptoContext {
     return results.flat();
   }
 
+  /**
+   * pread + open() in place as one job on libuv's thread pool, when the request is not one for the workers;
+   * otherwise the pread, then open() as usual. Returns the indexes of the sectors that failed.
+   */
+  async readOpen(fd: number, position: number, firstSector: number, data: Buffer, expected: Buffer): Promise<number[]> {
+    if (this.#offload(data.length)) {
+      await readFully(fd, data, position);
+      return this.open(firstSector, data, expected, data);
+    }
+    return this.inline.readOpenAsync(fd, position, firstSector, data, expected);
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.inline.dispose();
     this.pool.dropKey(this.key);
   }
 

@@ -5,7 +5,8 @@
  *
  * Consistency between reads and flushes: a read takes the image lock shared for its pread and decides in the
  * same synchronous step, right after it, where each sector comes from (the write buffers, newest first, else
- * the bytes just read, checked against the tree's leaf). A flush takes the lock exclusively only while it
+ * the bytes just read, checked against the tree's leaf). A read none of whose sectors is buffered decides
+ * before instead (all from the image) and keeps the lock through one native pread + verify + decrypt job. A flush takes the lock exclusively only while it
  * writes sectors into the image, so a read never sees half-written sectors nor compares old bytes with a leaf
  * already updated; buffered sectors are served from memory until the flush that wrote them is over.
  *
@@ -276,7 +277,14 @@ export class SealedBackend implements BlockBackend {
       this.#refuseCondemned(first, count, 'read');
       const data = into.subarray(0, length);
       const expected = Buffer.allocUnsafe(count * LEAF);
-      await this.#imageLock.shared(async () => {
+      const bad = await this.#imageLock.shared(async () => {
+        if (!this.#dirty.hasAny(first, count) && !this.#flushing?.hasAny(first, count)) {
+          // Nothing of it buffered: every sector comes from the image, checked against a copy of its leaf taken
+          // now. The shared lock keeps the image as it is until the job is done, so a flush that updates these
+          // leaves meanwhile (their new contents are in its buffer) cannot write them under this read.
+          this.#tree.levels[0]!.copy(expected, 0, first * LEAF, (first + count) * LEAF);
+          return this.#crypto.readOpen(this.#imageFd, this.#payloadOffset + offset, first, data, expected);
+        }
         await readFully(this.#imageFd, data, this.#payloadOffset + offset);
         // Decided right after the pread, before the lock is released: see the header comment.
         for (let i = 0; i < count; i++) {
@@ -285,8 +293,8 @@ export class SealedBackend implements BlockBackend {
           if (this.#flushing?.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
           this.#tree.levels[0]!.copy(expected, i * LEAF, s * LEAF, (s + 1) * LEAF);
         }
-      });
-      const bad = await this.#crypto.open(first, data, expected, data);
+        return null;
+      }) ?? (await this.#crypto.open(first, data, expected, data));
       if (bad.length > 0) {
         for (const i of bad) this.#alert({ kind: 'TAMPER', image: this.imageId, sector: first + i, sectors: 1, reason: 'the ciphertext does not match its leaf' });
         throw ioError(`sealed disk ${this.imageId}: ${bad.length} sector(s) from ${first + bad[0]!} failed verification`);
@@ -447,7 +455,9 @@ export class SealedBackend implements BlockBackend {
       // 2. What is about to change, committed before anything changes.
       this.#db.recordPendingFlush(this.imageId, { oldRoot, newRoot, sectors, oldLeaves, newLeaves });
       this.#afterStep?.('pending-recorded');
-      // 3. The ciphertext, then fdatasync.
+      // 3. The ciphertext; 4. the changed sidecar nodes; both then fdatasync'd at once. Recovery takes either file
+      // in any state once `pending` is committed (each listed sector old or new, the listed paths recomputed),
+      // so only step 5 must wait for both syncs; waiting for one before writing the other only cost time.
       await this.#imageLock.exclusive(async () => {
         let written = 0;
         for (const run of buf.runs(sectors)) {
@@ -455,11 +465,9 @@ export class SealedBackend implements BlockBackend {
           if (++written === 1) this.#afterStep?.('image-partly-written');
         }
       });
-      await fdatasyncFd(this.#imageFd);
-      this.#afterStep?.('image-written');
-      // 4. The changed sidecar nodes, then fdatasync.
       await writeSidecarNodes(this.#sidecarFd, this.#geometry, this.#tree.levels, changed, () => this.#afterStep?.('sidecar-partly-written'));
-      await fdatasyncFd(this.#sidecarFd);
+      await Promise.all([fdatasyncFd(this.#imageFd), fdatasyncFd(this.#sidecarFd)]);
+      this.#afterStep?.('image-written');
       this.#afterStep?.('sidecar-written');
       // 5. The new root, and the pending record gone, in one transaction.
       this.#db.commitFlush(this.imageId, oldRoot, newRoot);

@@ -1,7 +1,7 @@
 /**
- * The per-sector work of the sealed disk, on whichever thread runs it (the monitor's main thread for small
- * requests, a crypto worker for large ones): encrypt and hash on write; on read, hash and compare with the
- * trusted leaves first and decrypt only when every sector matched.
+ * The per-sector work of the sealed disk, on whichever thread runs it (a libuv pool thread through the *Async
+ * methods, a crypto worker for large requests on hosts with more than two cores): encrypt and hash on write;
+ * on read, hash and compare with the trusted leaves first and decrypt only when every sector matched.
  *
  * Sectors here are the integrity tree's 4096-byte units. The XTS data unit is the image's encryption sector
  * (4096 for our images, 512 for LUKS1 imports); the plain64 tweak counts 512-byte units either way, which
@@ -11,7 +11,7 @@
  * tested byte for byte against the TypeScript XtsCipher and TreeHasher that the client-side sealer uses.
  */
 import { TREE_HASH_BYTES, TREE_SECTOR_BYTES } from '../../crypto/integrity-tree.ts';
-import { hmacLeavesNative, NativeXtsCipher } from '../../crypto/native.ts';
+import { hmacLeavesNative, NativeXtsCipher, sectorJobs } from '../../crypto/native.ts';
 
 export type EncryptionSectorSize = 512 | 4096;
 
@@ -25,6 +25,7 @@ export interface SectorKeys {
 
 export class SectorCrypto {
   readonly #xts: NativeXtsCipher;
+  readonly #volumeKey: Buffer;
   readonly #integrityKey: Buffer;
   readonly #ess: EncryptionSectorSize;
   readonly #unitsPerSector: number;
@@ -38,6 +39,7 @@ export class SectorCrypto {
       throw new RangeError(`integrity key must be 16..64 bytes, got ${keys.integrityKey.length}`);
     }
     this.#xts = new NativeXtsCipher(keys.volumeKey);
+    this.#volumeKey = Buffer.from(keys.volumeKey);
     this.#integrityKey = Buffer.from(keys.integrityKey);
     this.#ess = keys.encryptionSectorSize;
     this.#unitsPerSector = TREE_SECTOR_BYTES / keys.encryptionSectorSize;
@@ -67,4 +69,37 @@ export class SectorCrypto {
     if (bad.length === 0) this.#xts.decryptSectors(firstSector * this.#unitsPerSector, this.#ess, ciphertext, plain);
     return bad;
   }
+
+  /** seal() as one job on libuv's thread pool (both steps in one native call); `ciphertext` must not overlap `plain`. */
+  sealAsync(firstSector: number, plain: Buffer, ciphertext: Buffer, leaves: Buffer): Promise<void> {
+    return sectorJobs.seal(this.#volumeKey, this.#integrityKey, this.#ess, firstSector, plain, ciphertext, leaves);
+  }
+
+  /**
+   * open() in place, as one job on libuv's thread pool: every sector hashed and compared, then the whole
+   * request decrypted in the same native call only if all matched.
+   */
+  async openInPlaceAsync(firstSector: number, data: Buffer, expected: Buffer): Promise<number[]> {
+    const flags = Buffer.allocUnsafe(data.length / TREE_SECTOR_BYTES);
+    return badOf(flags, await sectorJobs.open(this.#volumeKey, this.#integrityKey, this.#ess, firstSector, data, expected, flags));
+  }
+
+  /** pread at `position` into `data`, then openInPlaceAsync, all in one job. */
+  async readOpenAsync(fd: number, position: number, firstSector: number, data: Buffer, expected: Buffer): Promise<number[]> {
+    const flags = Buffer.allocUnsafe(data.length / TREE_SECTOR_BYTES);
+    return badOf(flags, await sectorJobs.readOpen(this.#volumeKey, this.#integrityKey, this.#ess, fd, position, firstSector, data, expected, flags));
+  }
+
+  /** Wipes the keys this object holds. */
+  dispose(): void {
+    this.#volumeKey.fill(0);
+    this.#integrityKey.fill(0);
+  }
+}
+
+/** The indexes of the set flags, given how many there are. */
+function badOf(flags: Buffer, count: number): number[] {
+  const bad: number[] = [];
+  for (let i = 0; i < flags.length && bad.length < count; i++) if (flags[i] !== 0) bad.push(i);
+  return bad;
 }

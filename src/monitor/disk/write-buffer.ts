@@ -37,6 +37,13 @@ export class WriteBuffer {
     return this.#slots.has(sector);
   }
 
+  /** Whether any of sectors first..first+count-1 is buffered. */
+  hasAny(first: number, count: number): boolean {
+    if (this.#slots.size === 0) return false;
+    for (let s = first; s < first + count; s++) if (this.#slots.has(s)) return true;
+    return false;
+  }
+
   /**
    * Stores sector `sector` from ciphertext[ctAt..] and leaves[leafAt..]. Returns false, storing nothing, when the
    * buffer is full and the sector is not in it already.

@@ -1,0 +1,211 @@
+/**
+ * The XTS-only sealed disk (docs/sealed-disk.md, "XTS only"): a LUKS2 image's AES-XTS payload served as a plain
+ * block device, with no integrity tree. It is the seed's original mechanism, chosen explicitly by the tenant
+ * (launch bundle `disk.integrity: 'none'`): storage sees only ciphertext, but a flipped, moved or rolled-back
+ * sector is not detected — it decrypts to garbage, or to old data, and is served as such.
+ *
+ * Each request is one job on libuv's thread pool (crypto/native.ts sectorJobs): the pread and the XTS over the
+ * whole request, or the XTS and the pwrite, with no copy; reads decrypt in place in the caller's buffer. Writes go through the page cache like qemu-nbd's cache=writeback; FLUSH and FUA
+ * fdatasync the image. The boot-sector check of the integrity export is kept: a wrong key or another disk
+ * stops the disk on the first read of sector 0.
+ */
+import { open as openCb, close as closeCb, fstat as fstatCb, fdatasync as fdatasyncCb } from 'node:fs';
+import { promisify } from 'node:util';
+import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
+import { integrityImageId } from '../../crypto/integrity-tree.ts';
+import { sectorJobs } from '../../crypto/native.ts';
+import type { BlockBackend, BlockSizes } from './backend.ts';
+import { SealedDiskError, type AlertSink, type SealedDiskAlert } from './sealed-alerts.ts';
+import type { EncryptionSectorSize } from './sector-crypto.ts';
+
+const openAsync = promisify(openCb);
+const closeAsync = promisify(closeCb);
+const fstatAsync = promisify(fstatCb);
+const fdatasyncAsync = promisify(fdatasyncCb);
+
+const SECTOR = 4096;
+export const XTS_MAX_PAYLOAD = 32 * 1024 * 1024;
+/** Write-zeroes encrypts zero sectors this many bytes at a time. */
+const ZERO_CHUNK = 1024 * 1024;
+/** Encryption output buffers kept for reuse: enough for the NBD session's concurrent writes. */
+const SPARE_BUFFERS = 32;
+const SPARE_MAX_BYTES = 1024 * 1024;
+let zeroes: Buffer | undefined;
+
+export interface XtsBackendOptions {
+  imagePath: string;
+  /** Byte offset of the payload in the image. */
+  payloadOffset: number;
+  /** Disk size in 4096-byte sectors (from the launch bundle: the image may be longer, never shorter). */
+  sectors: number;
+  /** The 64-byte volume key. */
+  volumeKey: Buffer;
+  onAlert: AlertSink;
+  /** 4096 for our images, 512 for LUKS1 imports. Default 4096. */
+  encryptionSectorSize?: EncryptionSectorSize;
+}
+
+function ioError(message: string, code = 'EIO'): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+export class XtsBackend implements BlockBackend {
+  readonly blockSizes: BlockSizes = { min: SECTOR, preferred: SECTOR, max: XTS_MAX_PAYLOAD };
+  readonly readOnly = false;
+  /** Trim would expose which sectors the guest freed and read back as garbage; not offered. */
+  readonly canTrim = false;
+  readonly canWriteZeroes = true;
+  readonly size: number;
+  /** Same derivation as the integrity export's, so alerts name the image the same way. */
+  readonly imageId: string;
+
+  readonly #fd: number;
+  readonly #payloadOffset: number;
+  readonly #key: Buffer;
+  readonly #ess: EncryptionSectorSize;
+  readonly #onAlert: AlertSink;
+  readonly #spare: Buffer[] = [];
+  #bootChecked = false;
+  #failed: Error | null = null;
+  #running = 0;
+  #idle: (() => void) | undefined;
+  #closing: Promise<void> | undefined;
+
+  private constructor(fd: number, opts: XtsBackendOptions, imageId: string) {
+    this.#fd = fd;
+    this.#payloadOffset = opts.payloadOffset;
+    this.#ess = opts.encryptionSectorSize ?? 4096;
+    this.#key = Buffer.from(opts.volumeKey);
+    this.#onAlert = opts.onAlert;
+    this.size = opts.sectors * SECTOR;
+    this.imageId = imageId;
+  }
+
+  static async open(opts: XtsBackendOptions): Promise<XtsBackend> {
+    if (!Number.isSafeInteger(opts.payloadOffset) || opts.payloadOffset < 0) throw new SealedDiskError(`bad payload offset ${opts.payloadOffset}`, 'INVALID');
+    if (!Number.isSafeInteger(opts.sectors) || opts.sectors < 1 || opts.sectors > 2 ** 32) throw new SealedDiskError(`bad sector count ${opts.sectors}`, 'INVALID');
+    if (!Buffer.isBuffer(opts.volumeKey) || opts.volumeKey.length !== VOLUME_KEY_BYTES) {
+      throw new SealedDiskError(`the volume key must be ${VOLUME_KEY_BYTES} bytes`, 'INVALID');
+    }
+    if (opts.volumeKey.subarray(0, 32).equals(opts.volumeKey.subarray(32))) throw new SealedDiskError('the volume key halves must differ (AES-XTS)', 'INVALID');
+    const ess = opts.encryptionSectorSize ?? 4096;
+    if (ess !== 512 && ess !== 4096) throw new SealedDiskError(`encryption sector size must be 512 or 4096, got ${String(ess)}`, 'INVALID');
+    const integrityKey = deriveVmKey(opts.volumeKey, 'integrity');
+    const imageId = integrityImageId(integrityKey);
+    integrityKey.fill(0);
+    const fd = await openAsync(opts.imagePath, 'r+');
+    try {
+      const st = await fstatAsync(fd);
+      if (!st.isFile()) throw new SealedDiskError(`${opts.imagePath} is not a regular file`, 'INVALID');
+      if (st.size < opts.payloadOffset + opts.sectors * SECTOR) {
+        throw new SealedDiskError(`${opts.imagePath} is ${st.size} bytes, shorter than its ${opts.sectors} sectors from ${opts.payloadOffset}`, 'INVALID');
+      }
+      return new XtsBackend(fd, opts, imageId);
+    } catch (err) {
+      await closeAsync(fd).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  read(offset: number, length: number, into: Buffer): Promise<void> {
+    return this.#run(async () => {
+      const data = into.subarray(0, length);
+      // In place: the reply buffer holds ciphertext only inside the job.
+      await sectorJobs.xtsRead(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data);
+      if (offset === 0 && !this.#bootChecked) this.#checkBootSector(data);
+    });
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.#run(async () => {
+      await this.#write(offset, data);
+      if (fua) await fdatasyncAsync(this.#fd);
+    });
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.#run(async () => {
+      zeroes ??= Buffer.alloc(ZERO_CHUNK);
+      for (let done = 0; done < length; done += ZERO_CHUNK) await this.#write(offset + done, zeroes.subarray(0, Math.min(ZERO_CHUNK, length - done)));
+      if (fua) await fdatasyncAsync(this.#fd);
+    });
+  }
+
+  trim(): Promise<void> {
+    return Promise.reject(ioError('trim is not supported by a sealed disk', 'EINVAL'));
+  }
+
+  flush(): Promise<void> {
+    return this.#run(() => fdatasyncAsync(this.#fd));
+  }
+
+  /** Waits for running requests, syncs and closes the image. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      if (this.#running > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
+      try {
+        if (!this.#failed) await fdatasyncAsync(this.#fd);
+      } finally {
+        this.#key.fill(0);
+        await closeAsync(this.#fd);
+      }
+    })();
+    return this.#closing;
+  }
+
+  async #write(offset: number, plain: Buffer): Promise<void> {
+    // The caller's payload stays untouched (it may be shared, e.g. the zero chunk): encrypt into our own buffer.
+    const out = this.#take(plain.length);
+    try {
+      await sectorJobs.xtsWrite(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, plain, out);
+    } finally {
+      this.#give(out);
+    }
+  }
+
+  #take(length: number): Buffer {
+    for (let i = this.#spare.length - 1; i >= 0; i--) {
+      const b = this.#spare[i]!;
+      if (b.length >= length) {
+        this.#spare.splice(i, 1);
+        return b.subarray(0, length);
+      }
+    }
+    return Buffer.allocUnsafeSlow(length <= SPARE_MAX_BYTES ? Math.max(length, 64 * 1024) : length).subarray(0, length);
+  }
+
+  #give(b: Buffer): void {
+    const whole = Buffer.from(b.buffer, b.byteOffset, b.buffer.byteLength - b.byteOffset);
+    if (whole.length <= SPARE_MAX_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(whole);
+  }
+
+  async #run<T>(op: () => Promise<T>): Promise<T> {
+    if (this.#closing) throw ioError(`sealed disk ${this.imageId} is closed`, 'EBADF');
+    if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
+    this.#running++;
+    try {
+      return await op();
+    } finally {
+      if (--this.#running === 0) this.#idle?.();
+    }
+  }
+
+  #checkBootSector(sector0: Buffer): void {
+    this.#bootChecked = true;
+    if (sector0[510] === 0x55 && sector0[511] === 0xaa) return;
+    const reason = 'sector 0 does not end with the MBR signature 0x55AA once decrypted: wrong volume key or another disk';
+    this.#alert({ kind: 'BAD_KEY_OR_DISK', image: this.imageId, reason });
+    this.#failed = new Error(reason);
+    // The plaintext of a wrong key is garbage, but it is not the guest's: wipe it before failing.
+    sector0.fill(0);
+    throw ioError(`sealed disk ${this.imageId}: ${reason}`);
+  }
+
+  #alert(a: SealedDiskAlert): void {
+    try {
+      this.#onAlert(a);
+    } catch {
+      // A failing sink must not turn a refused request into a crash; the request still fails.
+    }
+  }
+}
