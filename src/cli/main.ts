@@ -3,7 +3,6 @@ import { registerDiskCommands } from './commands/disk.ts';
 import { registerGuestCommands } from './commands/guest.ts';
 import { registerAuthorityCommands } from './commands/authority.ts';
 import { registerHostCommands } from './commands/host.ts';
-import { registerPartyPlaceholders } from './commands/parties.ts';
 import { registerDemoCommand } from './commands/demo.ts';
 import { registerTenantCommands } from './commands/tenant.ts';
 import { registerMgmtCommands } from './commands/mgmt.ts';
@@ -11,6 +10,7 @@ import { registerImageCommands } from './commands/image.ts';
 import { registerVmCommands } from './commands/vm.ts';
 import { registerIdsCommands } from './commands/ids.ts';
 import { registerIdsEnclaveCommands } from './commands/ids-enclave.ts';
+import { registerAttestCommands } from './commands/attest.ts';
 
 const program = new Command()
   .name('vmseal')
@@ -27,8 +27,8 @@ registerMgmtCommands(program);
 registerAuthorityCommands(program);
 registerImageCommands(program);
 registerVmCommands(program);
+registerAttestCommands(program);
 registerIdsEnclaveCommands(registerIdsCommands(program));
-registerPartyPlaceholders(program);
 registerDiskCommands(program);
 registerGuestCommands(program);
 registerDemoCommand(program);
