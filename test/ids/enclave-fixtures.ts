@@ -21,7 +21,7 @@ import type { EnclaveConfig } from '../../src/formats/protocol/enclave-call.ts';
 
 export const HOST_ID = 'host-1';
 export const VM_ID = '00112233445566778899aabbccddeeff';
-export const PROFILE = '{"metadata":{},"base_types":{},"user_types":{},"enums":{},"symbols":{}}';
+export const PROFILE = '{"metadata":{"format":"6.2.0"},"base_types":{},"user_types":{},"enums":{},"symbols":{}}';
 
 export interface TestAuthority {
   dir: string;

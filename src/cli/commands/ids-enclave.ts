@@ -6,11 +6,9 @@
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { z } from 'zod';
 import { checkNameField, type EnclaveConfig } from '../../formats/protocol/enclave-call.ts';
-import { idsAuthorityKeyResponseSchema } from '../../formats/protocol/ids-registration.ts';
 import { measureEnclave, parseEnclaveConfig } from '../../ids/enclave/loader.ts';
-import { jsonCall } from '../../ids/host/http.ts';
+import { fetchEnclaveConfig } from '../../ids/host/enclave-config.ts';
 import { startIdsSession, type IdsSession } from '../../ids/host/sgmonitor.ts';
 import { untilStopSignal } from '../until-signal.ts';
 
@@ -80,24 +78,18 @@ export function registerIdsEnclaveCommands(ids: Command): void {
     .requiredOption('--profile <file>', 'the kernel profile')
     .option('--checks <list>', 'comma-separated checks', 'pslist')
     .option('--allow <comms>', 'comma-separated allowed process names (enables the allowlist check)')
+    .option('--allow-exe <paths>', 'comma-separated allowed executable paths (with --allow: a process must match both)')
     .requiredOption('--out <file>', 'where to write the configuration')
-    .action(async (opts: { authority: string; caFingerprint: string; profile: string; checks: string; allow?: string; out: string }) => {
-      const url = authorityUrl(opts.authority);
-      const ca = await jsonCall({ url }, 'GET', '/v1/ca', z.object({ certificate: z.string().max(16_384) }));
-      const key = await jsonCall({ url }, 'GET', '/v1/ids/authority-key', idsAuthorityKeyResponseSchema);
-      if (!ca || !key) throw new Error('the authority sent no CA certificate or IDS key');
-      const { X509Certificate } = await import('node:crypto');
-      const fp = new X509Certificate(ca.certificate).fingerprint256;
-      if (fp.toUpperCase() !== opts.caFingerprint.toUpperCase()) throw new Error(`the authority's CA has fingerprint ${fp}, not ${opts.caFingerprint}`);
-      const checks: Record<string, Record<string, string[]>> = {};
+    .action(async (opts: { authority: string; caFingerprint: string; profile: string; checks: string; allow?: string; allowExe?: string; out: string }) => {
+      const checks: Record<string, Record<string, unknown>> = {};
       for (const name of parseChecks(opts.checks)) checks[name] = {};
-      if (opts.allow !== undefined) checks.allowlist = { comms: opts.allow.split(',').map((c) => c.trim()).filter((c) => c.length > 0) };
-      const config = parseEnclaveConfig({
-        version: 1,
-        authorityCaCert: ca.certificate,
-        authorityHpkePublicKey: key.publicKey,
-        authorityKeySignature: key.signature,
-        profileSha256: createHash('sha256').update(await readFile(opts.profile)).digest('hex'),
+      const list = (text: string) => text.split(',').map((c) => c.trim()).filter((c) => c.length > 0);
+      if (opts.allowExe !== undefined && opts.allow === undefined) throw new Error('--allow-exe needs --allow');
+      if (opts.allow !== undefined) checks.allowlist = { comms: list(opts.allow), ...(opts.allowExe !== undefined ? { exes: list(opts.allowExe) } : {}) };
+      const config = await fetchEnclaveConfig({
+        authorityUrl: authorityUrl(opts.authority),
+        caFingerprint: opts.caFingerprint,
+        profileText: await readFile(opts.profile, 'utf8'),
         checks,
       });
       await writeFile(opts.out, `${JSON.stringify(config, null, 2)}\n`);

@@ -185,6 +185,11 @@ export const enclaveConfigSchema = z.strictObject({
   profileSha256: hexBytes(32),
   /** Enabled checks and their settings. */
   checks: z.record(checkNameField, settings),
+  /**
+   * Benchmark configuration (b) only: the channel runs unencrypted (docs/ids.md, plain mode). It is
+   * part of the measurement, so such an enclave can never pass for a sealed one.
+   */
+  benchPlainChannel: z.literal(true).optional(),
 });
 export type EnclaveConfig = z.output<typeof enclaveConfigSchema>;
 
@@ -210,7 +215,8 @@ export const registeredResultSchema = z.strictObject({ ok: z.literal(true) });
 export const heartbeatParamsSchema = z.strictObject({ seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER), nonce: base64Bytes(16) });
 export const heartbeatResultSchema = z.strictObject({ status: z.number().int().min(0).max(255), mac: base64Bytes(32) });
 
-export const runCheckParamsSchema = z.strictObject({ name: checkNameField, options: settings.default({}) });
+/** No settings travel with the call: a check runs with the settings its measured configuration gives it. */
+export const runCheckParamsSchema = z.strictObject({ name: checkNameField });
 export const checkResultSchema = z.strictObject({ name: checkNameField, alerts: z.array(z.json()).max(100_000), summary: z.json().optional() });
 export const pslistParamsSchema = z.strictObject({});
 export const pslistResultSchema = z.strictObject({ processes: z.array(z.json()).max(1_000_000) });

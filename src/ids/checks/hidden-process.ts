@@ -18,8 +18,8 @@ interface Suspect {
 }
 
 async function findSuspects(k: KernelView): Promise<Suspect[]> {
-  const { init, leaders } = await readTaskList(k);
-  const visible = new Set([init.$addr, ...leaders.map((t) => t.$addr)]);
+  const { initAddr, leaders } = await readTaskList(k);
+  const visible = new Set([initAddr, ...leaders.map((t) => t.$addr)]);
   const visiblePids = new Set(leaders.map((t) => t.pid));
   const entries = (await pidIdrEntries(k)).filter((e) => !visiblePids.has(e.nr));
   const pids = await k.derefAll<Pid>(entries.map((e) => k.pointer<Pid>(e.pid, 'pid')), { tolerant: true });

@@ -2,6 +2,7 @@
 import { allowlistCheck, type AllowlistOptions } from './allowlist.ts';
 import type { Check } from './check.ts';
 import { hiddenProcessCheck } from './hidden-process.ts';
+import { imaLogCheck } from './ima-log.ts';
 import { modulesCheck } from './modules.ts';
 import { privescCheck } from './privesc.ts';
 import { pslistCheck } from './pslist.ts';
@@ -22,6 +23,7 @@ export const CHECKS = {
   modules: () => modulesCheck(),
   'syscall-hooks': (s: CheckSettings) => syscallHooksCheck(s['syscall-hooks']),
   privesc: () => privescCheck(),
+  'ima-log': () => imaLogCheck(),
 } as const satisfies Record<string, (s: CheckSettings) => Check>;
 
 export type CheckName = keyof typeof CHECKS;

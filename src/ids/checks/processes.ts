@@ -1,7 +1,7 @@
 /**
  * The process list as the kernel holds it: thread-group leaders on init_task.tasks, with their
  * credentials, parent and thread count, in a handful of round trips whatever the process count
- * (one list op for the ring, one batch for creds + signals, one for parents not on the list).
+ * (one request of list walks for the ring, one batch for creds, signals and parents not on the list).
  */
 import type { KernelView } from '../kernel/kernel-view.ts';
 import type { KObj, KPtr } from '../kernel/kobject.ts';
@@ -43,20 +43,30 @@ export function stateChar(state: number, exitState: number): string {
 /** The members of task_struct the checks read; list snapshots stop after the last of them. */
 export const TASK_FIELDS = ['pid', 'tgid', 'comm', '__state', 'exit_state', 'flags', 'start_time', 'self_exec_id', 'real_parent', 'group_leader', 'tasks', 'cred', 'real_cred', 'signal', 'mm'] as const;
 
-export async function readTaskList(k: KernelView): Promise<{ init: KObj<TaskStruct>; leaders: KObj<TaskStruct>[] }> {
-  const init = await k.var<TaskStruct>('init_task');
-  return { init, leaders: await k.list<TaskStruct>(init.tasks, 'task_struct', 'tasks', { fields: TASK_FIELDS }) };
+/** The members of cred the checks read. */
+export const CRED_FIELDS = ['uid', 'euid', 'suid', 'fsuid'] as const;
+
+/** The leaders on init_task.tasks; the ring's head is found from the symbol, without reading init_task. */
+export async function readTaskList(k: KernelView): Promise<{ initAddr: bigint; leaders: KObj<TaskStruct>[] }> {
+  const initAddr = k.sym('init_task');
+  const head = initAddr + BigInt(k.model.offsetOf('task_struct', 'tasks').offset);
+  return { initAddr, leaders: await k.list<TaskStruct>(head, 'task_struct', 'tasks', { fields: TASK_FIELDS }) };
 }
 
 export async function listProcesses(k: KernelView): Promise<ProcessInfo[]> {
-  const { init, leaders } = await readTaskList(k);
-  const byAddr = new Map<bigint, KObj<TaskStruct>>([[init.$addr, init], ...leaders.map((t) => [t.$addr, t] as const)]);
-  const objs = await k.derefAll<object>([...leaders.map((t) => t.cred as KPtr<object>), ...leaders.map((t) => t.signal as KPtr<object>)], { tolerant: true });
-  const creds = objs.slice(0, leaders.length) as (KObj<Cred> | null)[];
-  const signals = objs.slice(leaders.length) as (KObj<SignalStruct> | null)[];
-  // A parent that is a thread (not a leader) is not on the list: read those few.
+  const { leaders } = await readTaskList(k);
+  const byAddr = new Map<bigint, KObj<TaskStruct>>(leaders.map((t) => [t.$addr, t] as const));
+  // A parent not on the list (init_task itself, or a thread) has its tgid read in the same request
+  // as the credentials and signal structs, which depend on the list alone too.
   const missing = [...new Set(leaders.map((t) => t.real_parent.addr).filter((a) => a !== 0n && !byAddr.has(a)))];
-  if (missing.length > 0) (await k.atAll<TaskStruct>('task_struct', missing)).forEach((p) => byAddr.set(p.$addr, p));
+  const n = leaders.length;
+  const objs = await k.derefAll<object>(
+    [...leaders.map((t) => t.cred as KPtr<object>), ...leaders.map((t) => t.signal as KPtr<object>), ...missing.map((a) => k.pointer<object>(a, 'task_struct'))],
+    { tolerant: true, fields: { cred: CRED_FIELDS, signal_struct: ['nr_threads'], task_struct: ['tgid'] } },
+  );
+  const creds = objs.slice(0, n) as (KObj<Cred> | null)[];
+  const signals = objs.slice(n, 2 * n) as (KObj<SignalStruct> | null)[];
+  for (const p of objs.slice(2 * n) as (KObj<TaskStruct> | null)[]) if (p) byAddr.set(p.$addr, p);
   return leaders.map((t, i) => {
     const cred = creds[i] ?? null;
     return {

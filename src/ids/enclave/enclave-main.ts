@@ -26,11 +26,12 @@ import {
   stopParamsSchema,
   type InitParams,
 } from '../../formats/protocol/enclave-call.ts';
+import { IsfError, parseIsfText, type IsfProfile } from '../../formats/isf.ts';
 import { decodeIdsSignature, idsRegistrationSignedMessage } from '../../formats/protocol/ids-registration.ts';
 import { createRegistration, signRequestOf, type Registration } from '../channel/registration.ts';
 import { SealedChannelClient } from '../channel/sealed-channel-client.ts';
 import { CallPeer, PipeClosedError } from './call-peer.ts';
-import { checkKnown, openCheckContext, processList, runCheck, type CheckContext } from './check-registry.ts';
+import { CheckError, openCheckContext, parseEnabledChecks, processList, runCheck, type CheckContext, type EnabledChecks } from './check-registry.ts';
 import { enclaveMeasurement } from './measurement.ts';
 
 /** Heartbeat status byte: 0 the IDS can see the guest; 1 it cannot (not yet registered, or its channel broke). */
@@ -44,7 +45,8 @@ for (const method of ['log', 'info', 'debug', 'warn', 'error'] as const) {
 interface Session {
   init: InitParams;
   measurement: string;
-  profile: unknown;
+  profile: IsfProfile;
+  checks: EnabledChecks;
   registration?: Registration;
   channel?: SealedChannelClient;
   channelFailed?: boolean;
@@ -62,17 +64,25 @@ function init(params: InitParams): { measurement: string } {
   if (session) throw new EnclaveCallError('already initialised');
   const profileHash = createHash('sha256').update(params.profile, 'utf8').digest('hex');
   if (profileHash !== params.config.profileSha256) throw new EnclaveCallError(`the kernel profile hashes to ${profileHash}, not the configured ${params.config.profileSha256}`);
-  for (const name of Object.keys(params.config.checks)) if (!checkKnown(name)) throw new EnclaveCallError(`the configuration enables an unknown check: ${name}`);
-  let profile: unknown;
+  let checks: EnabledChecks;
   try {
-    profile = JSON.parse(params.profile);
-  } catch {
-    throw new EnclaveCallError('the kernel profile is not valid JSON');
+    checks = parseEnabledChecks(params.config.checks);
+  } catch (err) {
+    if (err instanceof CheckError) throw new EnclaveCallError(`the configuration: ${err.message}`);
+    throw err;
+  }
+  let profile: IsfProfile;
+  try {
+    // Lossless: kernel addresses are beyond 2^53, which JSON.parse would round.
+    profile = parseIsfText(params.profile);
+  } catch (err) {
+    if (err instanceof IsfError) throw new EnclaveCallError(`the kernel profile: ${err.message}`);
+    throw err;
   }
   // The enclave measures the bundle it runs from and the configuration it was given, rather than
   // trusting a value from the host.
   const measurement = enclaveMeasurement(readFileSync(process.argv[1] as string), params.config);
-  session = { init: params, measurement, profile };
+  session = { init: params, measurement, profile, checks };
   return { measurement };
 }
 
@@ -104,6 +114,7 @@ function registered(signatureText: string): { ok: true } {
   s.channel = new SealedChannelClient({
     sessionId: r.header.sessionId,
     sessionKey: r.sessionKey,
+    mode: s.init.config.benchPlainChannel === true ? 'plain' : 'sealed',
     transport: async (frame) => {
       try {
         return await peer.call(Ocall.channelRead, frame);
@@ -147,9 +158,7 @@ async function serve(type: number, payload: Buffer): Promise<Uint8Array> {
     case Ecall.runCheck: {
       const p = decodeJsonPayload('run-check', runCheckParamsSchema, payload);
       const s = need(session, 'init');
-      const settings = s.init.config.checks[p.name];
-      if (settings === undefined) throw new EnclaveCallError(`check ${p.name} is not enabled in the measured configuration`);
-      return encodeJson(await runCheck(p.name, await context(), { ...p.options, ...settings }));
+      return encodeJson(await runCheck(p.name, await context(), s.checks));
     }
     case Ecall.pslist:
       decodeJsonPayload('pslist', pslistParamsSchema, payload);

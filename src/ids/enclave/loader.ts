@@ -6,6 +6,7 @@
  */
 import { enclaveConfigSchema, type EnclaveConfig } from '../../formats/protocol/enclave-call.ts';
 import { bundleProgram, type Bundle } from './bundle.ts';
+import { parseEnabledChecks } from './check-registry.ts';
 import { enclaveMeasurement } from './measurement.ts';
 import { spawnSandboxed, type SandboxedProcess } from './sandbox.ts';
 
@@ -25,10 +26,12 @@ export interface LoadedEnclave {
   netns: boolean;
 }
 
-/** Checks a configuration against the schema (the caller's file is hostile input too). */
+/** Checks a configuration against the schema and each check's settings (the caller's file is hostile input too). */
 export function parseEnclaveConfig(value: unknown): EnclaveConfig {
   const parsed = enclaveConfigSchema.safeParse(value);
   if (!parsed.success) throw new Error(`enclave configuration: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+  // The enclave checks the settings again at init; checking here refuses a bad file before it is measured.
+  parseEnabledChecks(parsed.data.checks);
   return parsed.data;
 }
 

@@ -9,6 +9,7 @@ import type { EnclaveConfig } from '../../formats/protocol/enclave-call.ts';
 import { idsRegisterResponseSchema, idsSignResponseSchema } from '../../formats/protocol/ids-registration.ts';
 import { EnclaveHost, type EnclaveHostOptions } from './enclave-host.ts';
 import { relayHeartbeats } from './heartbeat-relay.ts';
+import { relayImaRequests } from './ima-relay.ts';
 import { IdsHostRequestError, jsonCall, rawCall, type Target } from './http.ts';
 import { MAX_FRAME_BYTES } from '../../formats/protocol/enclave-call.ts';
 
@@ -77,6 +78,12 @@ export async function startIdsSession(opts: IdsSessionOptions): Promise<IdsSessi
     const signed = await jsonCall(authority, 'POST', '/v1/ids/sign', idsSignResponseSchema, reg.signRequest);
     if (!signed) throw new IdsHostRequestError('the authority sent no signature');
     relay = relayHeartbeats({ authority, sessionId, enclave, ...(opts.onHeartbeatError ? { onError: opts.onHeartbeatError } : {}) }, abort.signal);
+    // The verifier's requests for the IMA list, when the measured configuration enables the check.
+    if (Object.hasOwn(opts.config.checks, 'ima-log')) {
+      const heartbeats = relay;
+      const ima = relayImaRequests({ authority, sessionId, enclave, ...(opts.onHeartbeatError ? { onError: opts.onHeartbeatError } : {}) }, abort.signal);
+      relay = Promise.all([heartbeats, ima]).then(() => undefined);
+    }
     await jsonCall(monitor, 'POST', `/v1/vms/${encodeURIComponent(opts.vmId)}/ids/sessions`, idsRegisterResponseSchema, { ...reg.signRequest, signature: signed.signature });
     await enclave.registered(signed.signature);
     return { enclave, sessionId, measurement, close };

@@ -12,6 +12,8 @@ import { locateKernel } from './locate-kernel.ts';
 import { TypeModel, type IsfLike } from './type-model.ts';
 
 const PAGE_SIZE = 4096n;
+/** Members closer than this are read in one window: a request op costs more than a few hundred bytes. */
+const WINDOW_GAP = 256;
 
 /**
  * Types of the kernel globals the checks use, as their C declarations say (`extern struct
@@ -33,8 +35,8 @@ export interface ListOptions {
   /** Most entries to return. */
   max?: number;
   /**
-   * Read each entry only up to the end of these members (a task_struct is ~10 KiB, the fields a
-   * check needs sit in its first third); reading any other member past that prefix throws.
+   * Read only these members of each entry, in a few windows (a task_struct is ~10 KiB, the fields a
+   * check needs take a tenth of it); reading any other member throws.
    */
   fields?: readonly string[];
 }
@@ -101,21 +103,37 @@ export class KernelView implements Dereferencer {
 
   /**
    * Follows many pointers in one request. NULL pointers give null; so does an unreadable target
-   * when `tolerant` (a guest that runs while we read may free objects under us).
+   * when `tolerant` (a guest that runs while we read may free objects under us). `fields` (by
+   * struct name) reads only the window holding those members of such targets.
    */
-  async derefAll<T extends object>(ptrs: readonly KPtr<T>[], opts: { tolerant?: boolean } = {}): Promise<(KObj<T> | null)[]> {
+  async derefAll<T extends object>(ptrs: readonly KPtr<T>[], opts: { tolerant?: boolean; fields?: Readonly<Record<string, readonly string[]>> } = {}): Promise<(KObj<T> | null)[]> {
     const wanted = ptrs.map((p, i) => ({ p, i })).filter(({ p }) => !p.isNull);
+    const windowOf = new Map<string, readonly [number, number]>();
+    for (const [name, fields] of Object.entries(opts.fields ?? {})) {
+      const ws = this.fieldWindows(name, fields);
+      windowOf.set(name, [Math.min(...ws.map(([from]) => from)), Math.max(...ws.map(([, to]) => to))]);
+    }
     const ops: ReadOp[] = wanted.map(({ p }) => {
       const name = p.targetStruct;
       if (!name) throw new Error('derefAll: pointer to a non-struct type');
-      return { kind: 'kv', addr: p.addr, len: this.model.sizeOf(name) };
+      const w = windowOf.get(name);
+      return w ? { kind: 'kv', addr: p.addr + BigInt(w[0]), len: w[1] - w[0] } : { kind: 'kv', addr: p.addr, len: this.model.sizeOf(name) };
     });
     const res = await readBatched(this.source, ops, this.stats);
     const out: (KObj<T> | null)[] = ptrs.map(() => null);
     wanted.forEach(({ p, i }, j) => {
       const r = res[j];
       if (!r?.ok && opts.tolerant) return;
-      out[i] = makeKObj<T>(this.model, this, p.targetStruct as string, p.addr, dataOf(ops[j] as ReadOp, r as NonNullable<typeof r>));
+      const name = p.targetStruct as string;
+      const data = dataOf(ops[j] as ReadOp, r as NonNullable<typeof r>);
+      const w = windowOf.get(name);
+      if (!w) {
+        out[i] = makeKObj<T>(this.model, this, name, p.addr, data);
+        return;
+      }
+      const buf = Buffer.alloc(w[1]);
+      data.copy(buf, w[0]);
+      out[i] = makeKObj<T>(this.model, this, name, p.addr, buf, 0, true, [w]);
     });
     return out;
   }
@@ -127,45 +145,107 @@ export class KernelView implements Dereferencer {
   async list<T extends object>(head: KObj<ListHead> | bigint, typeName: string, member: string, opts: ListOptions = {}): Promise<KObj<T>[]> {
     const headAddr = typeof head === 'bigint' ? head : head.$addr;
     const linkOffset = this.model.offsetOf(typeName, member).offset;
-    const len = opts.fields ? this.prefixLength(typeName, [member, ...opts.fields]) : this.model.sizeOf(typeName);
-    const partial = opts.fields !== undefined;
-    const perOp = Math.max(1, Math.min(READ_LIMITS.maxListEntries, Math.floor(READ_LIMITS.maxBatchBytes / len)));
+    const windows = opts.fields ? this.listWindows(typeName, linkOffset, [member, ...opts.fields]) : [[0, this.model.sizeOf(typeName)] as const];
+    const windowed = opts.fields !== undefined && (windows.length > 1 || (windows[0] as readonly [number, number])[0] !== 0);
+    const span = Math.max(...windows.map(([, to]) => to));
+    const bytesPerEntry = windows.reduce((n, [from, to]) => n + to - from, 0);
+    const perOp = Math.max(1, Math.min(READ_LIMITS.maxListEntries, Math.floor(READ_LIMITS.maxBatchBytes / bytesPerEntry)));
     const limit = opts.max ?? READ_LIMITS.maxListEntries;
     const out: KObj<T>[] = [];
     let from = headAddr;
     // A ring longer than one op allows continues from its last entry; the real head then shows up
     // as an entry and ends the walk.
     while (out.length < limit) {
-      const op: ReadOp = { kind: 'list', head: from, linkOffset, len, max: Math.min(perOp, limit - out.length) };
-      const [r] = await readBatched(this.source, [op], this.stats);
-      const data = dataOf(op, r as NonNullable<typeof r>);
-      const bases = (r?.ok && r.bases) || [];
+      const max = Math.min(perOp, limit - out.length);
+      // One walk per window, all in one request: `base = next - (linkOffset - window start)` points
+      // the monitor's snapshot at the window, so no walk carries the bytes between windows.
+      const ops: ReadOp[] = windows.map(([start, end]) => ({ kind: 'list', head: from, linkOffset: linkOffset - start, len: end - start, max }));
+      const results = await readBatched(this.source, ops, this.stats);
+      const walks = ops.map((op, w) => {
+        const r = results[w] as NonNullable<(typeof results)[number]>;
+        const start = (windows[w] as readonly [number, number])[0];
+        const data = dataOf(op, r);
+        const bases = ((r.ok && r.bases) || []).map((b) => b - BigInt(start));
+        return { op, data, bases, at: new Map(bases.map((b, i) => [b, i])) };
+      });
+      const main = walks[0] as (typeof walks)[number];
       let reachedHead = false;
-      for (let i = 0; i < bases.length; i++) {
-        const base = bases[i] as bigint;
+      const late = new Map<bigint, Buffer>();
+      for (let i = 0; i < main.bases.length; i++) {
+        const base = main.bases[i] as bigint;
         if (base + BigInt(linkOffset) === headAddr) {
           reachedHead = true;
           break;
         }
-        out.push(makeKObj<T>(this.model, this, typeName, base, Buffer.from(data.subarray(i * len, (i + 1) * len)), 0, partial));
+        if (!windowed) {
+          out.push(makeKObj<T>(this.model, this, typeName, base, Buffer.from(main.data.subarray(i * main.op.len, (i + 1) * main.op.len)), 0, opts.fields !== undefined));
+          continue;
+        }
+        const buf = Buffer.alloc(span);
+        let whole = true;
+        walks.forEach((walk, w) => {
+          const j = walk.at.get(base);
+          const len = (walk.op as { len: number }).len;
+          if (j === undefined) whole = false;
+          else walk.data.copy(buf, (windows[w] as readonly [number, number])[0], j * len, (j + 1) * len);
+        });
+        if (!whole) late.set(base, buf);
+        out.push(makeKObj<T>(this.model, this, typeName, base, buf, 0, true, windows));
       }
-      if (reachedHead || bases.length < op.max) break;
-      from = (bases[bases.length - 1] as bigint) + BigInt(linkOffset);
+      // An entry linked in between two walks of the same request: read its windows on their own.
+      if (late.size > 0) await this.fillWindows(late, windows);
+      if (reachedHead || main.bases.length < max) break;
+      from = (main.bases[main.bases.length - 1] as bigint) + BigInt(linkOffset);
     }
     return out;
+  }
+
+  /**
+   * The byte ranges holding `fields`, merged where the gap between them is small: a struct whose
+   * wanted members sit in a few clusters (task_struct: its state and flags near the start, the rest
+   * past 2 KiB) is read as those clusters alone.
+   */
+  fieldWindows(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
+    const spans = fields.map((f) => {
+      const x = this.model.offsetOf(typeName, f);
+      return [x.offset, x.offset + x.type.size] as const;
+    });
+    spans.sort((a, b) => a[0] - b[0]);
+    const merged: Array<[number, number]> = [];
+    for (const [from, to] of spans) {
+      const last = merged[merged.length - 1];
+      if (last && from <= last[1] + WINDOW_GAP) last[1] = Math.max(last[1], to);
+      else merged.push([from, to]);
+    }
+    return merged;
+  }
+
+  /**
+   * Windows for a list walk, the one holding the link first (its walk follows the links itself).
+   * A walk's snapshot cannot start past its link (the op's link offset is unsigned), so windows
+   * after the link's are merged into it.
+   */
+  private listWindows(typeName: string, linkOffset: number, fields: readonly string[]): Array<readonly [number, number]> {
+    const ws = this.fieldWindows(typeName, fields);
+    const before = ws.filter(([, to]) => to <= linkOffset);
+    const rest = ws.filter(([, to]) => to > linkOffset);
+    return [[Math.min(...rest.map(([from]) => from)), Math.max(...rest.map(([, to]) => to))], ...before];
+  }
+
+  private async fillWindows(bufs: ReadonlyMap<bigint, Buffer>, windows: ReadonlyArray<readonly [number, number]>): Promise<void> {
+    const ops: ReadOp[] = [...bufs.keys()].flatMap((a) => windows.map(([from, to]) => ({ kind: 'kv', addr: a + BigInt(from), len: to - from }) as ReadOp));
+    const res = await readBatched(this.source, ops, this.stats);
+    [...bufs.values()].forEach((buf, i) => {
+      windows.forEach(([from], w) => {
+        const k = i * windows.length + w;
+        dataOf(ops[k] as ReadOp, res[k] as NonNullable<(typeof res)[number]>).copy(buf, from);
+      });
+    });
   }
 
   /** `for await (const t of k.listEntries(init.tasks, 'task_struct', 'tasks'))`. */
   async *listEntries<T extends object>(head: KObj<ListHead> | bigint, typeName: string, member: string, opts: ListOptions = {}): AsyncGenerator<KObj<T>> {
     for (const e of await this.list<T>(head, typeName, member, opts)) yield e;
-  }
-
-  /** Bytes from the start of `typeName` to the end of the last of `fields`. */
-  prefixLength(typeName: string, fields: readonly string[]): number {
-    return Math.max(...fields.map((f) => {
-      const x = this.model.offsetOf(typeName, f);
-      return x.offset + x.type.size;
-    }));
   }
 
   /** `container_of(ptr, type, member)` as an address. */

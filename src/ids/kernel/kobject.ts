@@ -96,7 +96,10 @@ class KObjCore implements KObjBase {
     /** The snapshot; the object starts at `start`. */
     readonly buf: Buffer,
     readonly start: number,
+    /** Byte ranges [from, to) of the object that were read; undefined: all of the snapshot. */
+    readonly readable?: ReadonlyArray<readonly [number, number]>,
   ) {}
+
 
   get $size(): number {
     return this.model.sizeOf(this.$type);
@@ -108,6 +111,7 @@ class KObjCore implements KObjBase {
 
   $get(name: string): KValue {
     const f = this.model.field(this.$type, name);
+    checkRead(this, name, f.offset, f.type.size);
     return decodeValue(this.model, this.deref, f.type, this.buf, this.start + f.offset, this.$addr + BigInt(f.offset));
   }
 
@@ -122,18 +126,42 @@ class KObjCore implements KObjBase {
   }
 
   $bytes(name?: string): Buffer {
-    if (name === undefined) return this.buf.subarray(this.start, this.start + this.$size);
+    if (name === undefined) {
+      if (this.readable) throw new ProfileError(`${this.$type} was read in windows: ask for its members`);
+      return this.buf.subarray(this.start, this.start + this.$size);
+    }
     const f = this.model.field(this.$type, name);
+    checkRead(this, name, f.offset, f.type.size);
     return this.buf.subarray(this.start + f.offset, this.start + f.offset + f.type.size);
   }
 }
 
 /**
- * Wraps a snapshot in a KObj. `buf` holds the struct from `start`, whole unless `partial` (a prefix
- * read to save bytes: fields past its end throw when read).
+ * A windowed snapshot holds zeros between its windows: reading there must fail, not give 0. (A
+ * function, not a private method: methods run with the Proxy as `this`.)
  */
-export function makeKObj<T extends object>(model: TypeModel, deref: Dereferencer, typeName: string, addr: bigint, buf: Buffer, start = 0, partial = false): KObj<T> {
-  const core = new KObjCore(model, deref, typeName, addr, buf, start);
+function checkRead(o: KObjCore, name: string, offset: number, size: number): void {
+  if (o.readable && !o.readable.some(([from, to]) => offset >= from && offset + size <= to)) {
+    throw new ProfileError(`${o.$type}.${name} was not read (not among the fields of this snapshot)`);
+  }
+}
+
+/**
+ * Wraps a snapshot in a KObj. `buf` holds the struct from `start`, whole unless `partial` (a prefix
+ * read to save bytes: fields past its end throw when read). `readable` names the byte ranges of a
+ * snapshot read in windows; fields outside them throw when read.
+ */
+export function makeKObj<T extends object>(
+  model: TypeModel,
+  deref: Dereferencer,
+  typeName: string,
+  addr: bigint,
+  buf: Buffer,
+  start = 0,
+  partial = false,
+  readable?: ReadonlyArray<readonly [number, number]>,
+): KObj<T> {
+  const core = new KObjCore(model, deref, typeName, addr, buf, start, readable);
   if (!partial && start + core.$size > buf.length) throw new ProfileError(`snapshot of ${typeName} is short: ${buf.length - start} < ${core.$size}`);
   return new Proxy(core, {
     get(target, prop, receiver) {

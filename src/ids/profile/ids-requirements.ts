@@ -54,6 +54,7 @@ export const IDS_PROFILE_REQUIREMENTS: {
     'ima_template_desc',
     'ima_field_data',
     'ima_h_table',
+    'tpm_digest',
   ],
   symbols: [
     'init_task',
@@ -78,6 +79,7 @@ export const IDS_PROFILE_REQUIREMENTS: {
     'ima_htable',
     'ima_hash_algo',
     'ima_policy_flag',
+    'ima_sha1_idx',
   ],
   symbolTypes: {
     init_task: 'task_struct',
@@ -91,6 +93,7 @@ export const IDS_PROFILE_REQUIREMENTS: {
     ima_htable: 'ima_h_table',
     ima_hash_algo: 'int',
     ima_policy_flag: 'int',
+    ima_sha1_idx: 'int',
     vmlinux_build_id: 'unsigned char[20]',
   },
 };
