@@ -18,8 +18,8 @@ fi
 # addons (ours in native/, and better-sqlite3).
 PACKAGES=(
   qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools busybox-static cpio e2fsprogs
-  cryptsetup-bin libnbd-bin python3-libnbd fio nbdkit ntfs-3g xz-utils lz4 zstd gzip
-  bpftool
+  cryptsetup-bin libnbd-bin python3-libnbd fio nbdkit ntfs-3g attr xz-utils lz4 zstd gzip
+  bpftool ima-evm-utils
   g++ make python3
 )
 

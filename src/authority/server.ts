@@ -30,6 +30,7 @@ import { ProtocolError } from '../formats/protocol/fields.ts';
 import { decodeIdsRegistrationBlobs, idsSignRequestSchema } from '../formats/protocol/ids-registration.ts';
 import type { AttestService } from './attest/attest-service.ts';
 import { registerAttestRoutes } from './attest/attest-routes.ts';
+import { registerImaRoutes, type ImaInbox } from './attest/ima-inbox.ts';
 
 export const DEFAULT_HOST_CERTIFICATE_DAYS = 365;
 
@@ -47,6 +48,8 @@ export interface AuthorityServerOptions {
   heartbeats?: HeartbeatRegistry;
   /** The attestation verifier (src/authority/attest); without it the /v1/attest routes are absent. */
   attest?: AttestService;
+  /** IMA lists from IDS sessions for the verifier (attest/ima-inbox.ts); without it those routes are absent. */
+  imaInbox?: ImaInbox;
 }
 
 const STATUS: Record<AuthorityErrorCode, number> = {
@@ -189,6 +192,7 @@ export function buildAuthorityServer(opts: AuthorityServerOptions): FastifyInsta
 
   if (opts.heartbeats instanceof HeartbeatService) registerHeartbeatRoutes(app, opts.heartbeats);
   if (opts.attest) registerAttestRoutes(app, opts.attest);
+  if (opts.imaInbox) registerImaRoutes(app, opts.imaInbox);
 
   return app;
 }

@@ -96,6 +96,13 @@ export async function startMgmt(opts: MgmtOptions): Promise<FastifyInstance> {
     return relay(reply, 'POST', `/v1/vms/${p.data.vmId}/commands`, b.data);
   });
 
+  // Attestation: the verifier's nonce in, the monitor's quote out; a relay can delay or spoil it, not forge it.
+  app.post('/v1/vms/:vmId/attest', async (req, reply) => {
+    const p = vmParams.safeParse(req.params);
+    if (!p.success) return reply.code(400).send(bad('expected /v1/vms/<32 hex>/attest'));
+    return relay(reply, 'POST', `/v1/vms/${p.data.vmId}/attest`, req.body);
+  });
+
   // The sealed console: the management plane sees numbered opaque frames, nothing more.
   const sessionParams = z.strictObject({ vmId: z.string().regex(/^[0-9a-f]{32}$/), sessionId: z.string().regex(/^[0-9a-f]{32}$/) });
   app.post('/v1/vms/:vmId/console', async (req, reply) => {

@@ -5,11 +5,12 @@
  */
 import { rm } from 'node:fs/promises';
 import type Database from 'better-sqlite3';
-import type { VmOp } from '../formats/protocol/command.ts';
+import type { ScanPage, SealedCommandBody, VmOp } from '../formats/protocol/command.ts';
 import type { MemorySource } from '../formats/protocol/ids-read.ts';
 import type { IdsRegisterRequestWire } from '../formats/protocol/ids-registration.ts';
 import type { LaunchBundle } from '../formats/protocol/launch-bundle.ts';
 import { pinnedCaPublicKey } from '../crypto/host-certificate.ts';
+import { deriveVmKey } from '../crypto/keys.ts';
 import type { BlockBackend } from './disk/backend.ts';
 import { openCommand, sealCommandResult } from './identity/command-gate.ts';
 import { newVmId, sealIdentityProof } from './identity/identity-proof.ts';
@@ -24,7 +25,16 @@ import { DirectMemorySource } from './introspect/read-executor.ts';
 import { AlertLog, type AlertKind } from './state/alerts.ts';
 import { VmCounters } from './state/vm-counters.ts';
 import { createRunDir } from './vm/run-dir.ts';
+import type { VtpmCa } from './vtpm/vtpm-ca.ts';
+import { Vtpm } from './vtpm/vtpm.ts';
+import { vtpmStateId } from './vtpm/swtpm-instance.ts';
 import type { SerialConsole } from './vm/serial-console.ts';
+import type { NvAccessControl } from './vtpm/nv-policy.ts';
+import { isTpmCommand, runTpmCommand, type NvVm, type TpmPcrsResult } from './vtpm/nv-commands.ts';
+import type { AttestRequest, AttestationEvidenceWire } from '../formats/protocol/attestation.ts';
+import { AkCertifier } from './vtpm/attestation-key.ts';
+import { collectEvidence } from './vtpm/evidence.ts';
+import { VmDisk } from './measure/vm-disk.ts';
 
 export interface SealedDiskRequest {
   imagePath: string;
@@ -45,8 +55,12 @@ export interface MonitorOptions {
   accel?: 'tcg' | 'kvm' | 'auto';
   memoryMiB?: number;
   runDirBase?: string;
+  /** NV access control shared by every vTPM of this host (vtpm/nv-policy.ts); without it tpm-* commands fail. */
+  nvAccess?: NvAccessControl;
   /** Benchmark configuration (b) only: the IDS channel runs unencrypted. Never set by `vmseal host run`. */
   benchPlainIdsChannel?: boolean;
+  /** Give every VM a vTPM: persistent state under `stateBase`, EK certificates from the host's vTPM CA. */
+  vtpm?: { stateBase: string; ca: VtpmCa };
 }
 
 export interface LaunchRequest {
@@ -61,11 +75,16 @@ interface RunningVm {
   vmId: string;
   keys: VmKeys;
   launch: DiskLaunch;
+  /** Its disk behind write protection, and its scans (measure/vm-disk.ts). */
+  disk: VmDisk;
+  vtpm?: Vtpm;
   bootDir: string;
   exited: boolean;
   consoles: Map<string, ConsoleSession>;
   /** The tenant's launch policy: IDS measurements allowed to introspect this VM. */
   idsMeasurements: readonly string[];
+  /** Its vTPM as the NV commands see it (set when the vTPM starts). */
+  nv?: NvVm;
   /** Opened on the first IDS read; `refreshedAt` is when its kernel CR3 was last read. */
   introspection?: Promise<{ gi: GuestIntrospection; refreshedAt: number }>;
 }
@@ -85,9 +104,11 @@ export class Monitor {
   readonly #counters: VmCounters;
   readonly #vms = new Map<string, RunningVm>();
   readonly #ids: IdsSessions;
+  readonly #akCertifier: AkCertifier | undefined;
 
   constructor(private readonly opts: MonitorOptions) {
     this.alerts = new AlertLog(opts.db);
+    this.#akCertifier = opts.vtpm ? new AkCertifier(opts.vtpm.ca) : undefined;
     this.#counters = new VmCounters(opts.db);
     const ca = opts.host.caCertificatePem;
     this.#ids = new IdsSessions({
@@ -133,22 +154,55 @@ export class Monitor {
       const backend = await this.opts
         .openSealedDisk({ imagePath: req.image, sidecarPath: req.sidecar, bundle, keys, onAlert })
         .catch((e: unknown) => this.#refused(e, vmId));
-      launch = await DiskLaunch.start(backend, {
+      // Protected paths are mapped on the disk as the tenant sealed it, before the guest can write.
+      const disk = await VmDisk.open(backend, bundle.policy.protectedPaths ?? [], (r) =>
+        this.alerts.raise('WRITE_PROTECT', vmId, `guest ${r.op} of ${r.length} bytes at ${r.offset} refused: ${r.labels.slice(0, 8).join(', ')}`),
+      ).catch(async (e: unknown) => {
+        await backend.close();
+        throw e;
+      });
+      const vtpmOpts = this.opts.vtpm;
+      const nvAccess = this.opts.nvAccess;
+      // The vTPM's stable identity (it survives relaunch, unlike the vmId) is what NV ownership binds to.
+      const instance = vtpmStateId(deriveVmKey(bundle.volumeKey, 'vtpm'));
+      const vtpm = vtpmOpts
+        ? await Vtpm.start({
+            ...vtpmOpts,
+            volumeKey: bundle.volumeKey,
+            name: vmId,
+            boot: { kernel: boot.kernel, initrd: boot.initrd, cmdline: bundle.cmdline },
+            ...(this.opts.runDirBase ? { runDirBase: this.opts.runDirBase } : {}),
+            ...(nvAccess ? { policy: nvAccess.policyFor(instance) } : {}),
+          })
+        : undefined;
+      if (vtpm && nvAccess) nvAccess.attach(instance, vtpm.endpoint);
+      const detachNv = (): void => {
+        if (vtpm && nvAccess) nvAccess.detach(instance, vtpm.endpoint);
+      };
+      launch = await DiskLaunch.start(disk.backend, {
         kernel: boot.kernel,
         initrd: boot.initrd,
         cmdline: bundle.cmdline,
         accel: this.opts.accel ?? 'tcg',
         memoryMiB: this.opts.memoryMiB ?? 512,
         ...(this.opts.runDirBase ? { runDirBase: this.opts.runDirBase } : {}),
+        ...(vtpm ? { extraArgs: vtpm.qemuArgs() } : {}),
+      }).catch(async (e: unknown) => {
+        detachNv();
+        await vtpm?.stop();
+        throw e;
       });
       if (badDisk) void launch.stop(1000);
-      const vm: RunningVm = { vmId, keys, launch, bootDir, exited: false, consoles: new Map(), idsMeasurements: bundle.policy.idsMeasurements };
+      const nv: NvVm = { vmId, instance, commandKey: keys.command, ...(vtpm ? { tpm: vtpm.endpoint, eventLogPath: vtpm.eventLogPath } : {}) };
+      const vm: RunningVm = { vmId, keys, launch, disk, ...(vtpm ? { vtpm } : {}), nv, bootDir, exited: false, consoles: new Map(), idsMeasurements: bundle.policy.idsMeasurements };
       this.#vms.set(vmId, vm);
       // The VM counts as shut down once its disk is closed too, so a relaunch finds the image free.
       void launch.vm.waitForExit(2 ** 31 - 1).then(async () => {
         for (const c of vm.consoles.values()) c.close();
         this.#closeIntrospection(vm);
         await launch.stop();
+        detachNv();
+        await vm.vtpm?.stop();
         await rm(bootDir, { recursive: true, force: true });
         vm.exited = true;
       }, () => undefined);
@@ -169,13 +223,33 @@ export class Monitor {
       this.#refused(err, vmId);
     }
     let error: string | undefined;
+    let tpm: TpmPcrsResult | undefined;
+    let measured: { scan?: ScanPage; protectedRanges?: number } | undefined;
     try {
-      await this.#execute(vm, body.op);
+      if (isTpmCommand(body)) tpm = await this.#tpmCommand(vm, body);
+      else if (body.op === 'scan' || body.op === 'protect') measured = await this.#measureCommand(vm, body);
+      else await this.#execute(vm, body.op as VmOp);
     } catch (err) {
       error = err instanceof Error ? err.message : String(err);
     }
     const state = await this.#state(vm);
-    return sealCommandResult(vm.keys.command, { vmId, counter: body.counter, op: body.op, ok: error === undefined, state, ...(error ? { error } : {}) });
+    return sealCommandResult(vm.keys.command, { vmId, counter: body.counter, op: body.op, ok: error === undefined, state, ...(error ? { error } : {}), ...(tpm ? { tpm } : {}), ...measured });
+  }
+
+  /** `scan` and `protect` (docs/integrity.md): they read the decrypted disk, never guest memory. */
+  async #measureCommand(vm: RunningVm, body: Extract<SealedCommandBody, { op: 'scan' | 'protect' }>): Promise<{ scan?: ScanPage; protectedRanges?: number }> {
+    if (vm.exited) throw new Error('the VM has shut down');
+    if (body.op === 'protect') return { protectedRanges: await vm.disk.protect([body.args.path]) };
+    return { scan: await vm.disk.scanPage(body.args.page, body.args.paths) };
+  }
+
+  #tpmCommand(vm: RunningVm, body: Parameters<typeof runTpmCommand>[2]): Promise<TpmPcrsResult | undefined> {
+    const nv = this.opts.nvAccess;
+    if (!nv || !vm.nv || vm.exited) throw new Error('this VM has no running vTPM');
+    return runTpmCommand(nv, vm.nv, body, (id) => {
+      const other = this.#vms.get(id);
+      return other && !other.exited ? other.nv : undefined;
+    });
   }
 
   async #execute(vm: RunningVm, op: VmOp): Promise<void> {
@@ -265,6 +339,13 @@ export class Monitor {
     }
   }
 
+  /** A quote of the VM's vTPM for a verifier's nonce (vtpm/evidence.ts); the management plane only relays it. */
+  async attest(vmId: string, req: AttestRequest): Promise<AttestationEvidenceWire> {
+    const vm = this.#vm(vmId);
+    if (vm.exited || !vm.vtpm || !this.#akCertifier) throw new Error(vm.exited ? 'the VM has shut down' : 'this VM has no vTPM');
+    return collectEvidence({ tpm: vm.vtpm.swtpm.tpm, eventLogPath: vm.vtpm.eventLogPath, vmName: vmId, certifier: this.#akCertifier }, req);
+  }
+
   /** Registers an IDS session key for a VM (docs/ids.md); refusals are logged by IdsSessions. */
   async idsRegister(vmId: string, req: IdsRegisterRequestWire): Promise<{ sessionId: string }> {
     const vm = this.#vm(vmId);
@@ -275,6 +356,14 @@ export class Monitor {
   /** Answers one IDS channel request frame with its response frame. */
   idsRead(sessionId: string, frame: Buffer): Promise<Buffer> {
     return this.#ids.read(sessionId, frame, (vmId) => this.#guestMemory(vmId));
+  }
+
+  /**
+   * The monitor's own read path into a VM's memory, with no channel in front of it: what IDS reads
+   * execute on, and the benchmark's direct configuration. In-process only; no API route exposes it.
+   */
+  guestMemory(vmId: string): Promise<MemorySource> {
+    return this.#guestMemory(vmId);
   }
 
   async #guestMemory(vmId: string): Promise<MemorySource> {
@@ -310,6 +399,7 @@ export class Monitor {
     await Promise.all([...this.#vms.values()].map(async (vm) => {
       this.#closeIntrospection(vm);
       await vm.launch.stop(2000);
+      await vm.vtpm?.stop();
       await rm(vm.bootDir, { recursive: true, force: true });
     }));
     this.#vms.clear();

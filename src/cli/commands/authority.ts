@@ -5,6 +5,9 @@ import { DEFAULT_ENROLLMENT_TTL_MS, MAX_ENROLLMENT_TTL_MS, createEnrollmentToken
 import { DEFAULT_HOST_CERTIFICATE_DAYS, buildAuthorityServer } from '../../authority/server.ts';
 import { approveIdsMeasurement, listIdsApprovals, revokeIdsApproval, type IdsApproval } from '../../authority/ids-approvals.ts';
 import { DEFAULT_HEARTBEAT_PERIOD_MS, HeartbeatService } from '../../authority/heartbeat.ts';
+import { AttestService } from '../../authority/attest/attest-service.ts';
+import { AttestDb } from '../../authority/attest/attest-db.ts';
+import { ImaInbox } from '../../authority/attest/ima-inbox.ts';
 import { registerIdsAlertsCommand } from './ids-alerts.ts';
 import { untilStopSignal } from '../until-signal.ts';
 
@@ -60,7 +63,13 @@ export function registerAuthorityCommands(program: Command): void {
       const port = parseWholeNumber(opts.port, '--port', 0, 65_535);
       const hostCertificateDays = parseWholeNumber(opts.certDays, '--cert-days', 1, 825);
       const heartbeats = await HeartbeatService.open(opts.dir, { periodMs: parseWholeNumber(opts.heartbeatMs, '--heartbeat-ms', 10, 3_600_000) });
-      const app = buildAuthorityServer({ authority: await openAuthority(opts.dir), hostCertificateDays, logLevel: opts.verbose ? 'info' : 'warn', heartbeats });
+      const authority = await openAuthority(opts.dir);
+      // The attestation verifier keeps its state in <dir>/attest.db; notices left undelivered are retried.
+      // IMA lists come from the VMs' IDS sessions (ima-log check), asked for after each quote.
+      const imaInbox = ImaInbox.forHeartbeats(heartbeats);
+      const attest = new AttestService({ authority, db: AttestDb.open(opts.dir), imaSource: (vmId) => imaInbox.fetch(vmId) });
+      attest.resumeDeliveries();
+      const app = buildAuthorityServer({ authority, hostCertificateDays, logLevel: opts.verbose ? 'info' : 'warn', heartbeats, attest, imaInbox });
       await app.listen({ port, host: opts.host });
       const address = app.server.address() as AddressInfo;
       const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;

@@ -9,6 +9,11 @@ import { Monitor } from '../../monitor/monitor.ts';
 import { loadHostKeys } from '../../monitor/state/host-keys.ts';
 import { MonitorDb } from '../../monitor/state/monitor-db.ts';
 import { registerCleanup } from '../../monitor/vm/cleanup.ts';
+import { ensureVtpmCa } from '../../monitor/vtpm/vtpm-ca.ts';
+import { loadOrCreateNvManagerKey, NV_MANAGER_KEY_FILE } from '../../monitor/vtpm/nv-manager-key.ts';
+import { NvOwnership } from '../../monitor/vtpm/nv-ownership.ts';
+import { NvAccessControl } from '../../monitor/vtpm/nv-policy.ts';
+import { AlertLog } from '../../monitor/state/alerts.ts';
 
 const DETACH_KEY = 0x1d; // Ctrl-]
 const POWERDOWN_WAIT_MS = 60_000;
@@ -55,6 +60,12 @@ export function registerHostCommands(program: Command): void {
         openSealedDisk: sealedDiskOpener(db),
         accel: opts.accel,
         memoryMiB,
+        vtpm: { stateBase: path.join(opts.dir, 'vtpm'), ca: await ensureVtpmCa(opts.dir, keys.hostId) },
+        nvAccess: new NvAccessControl({
+          ownership: new NvOwnership(db.sql, await loadOrCreateNvManagerKey(path.join(opts.dir, NV_MANAGER_KEY_FILE)), (detail) => {
+            new AlertLog(db.sql).raise('TAMPER', null, `vTPM NV ownership: ${detail}`);
+          }),
+        }),
       });
       const socketPath = path.resolve(opts.socket ?? path.join(opts.dir, 'monitor.sock'));
       const api = await startMonitorApi({ monitor, socketPath, storageDir: opts.storage });

@@ -153,7 +153,7 @@ export function decodeJsonPayload<S extends z.ZodType>(what: string, schema: S, 
   if (payload.length > MAX_JSON_PAYLOAD_BYTES) throw new EnclaveCallError(`${what}: ${payload.length} bytes is over the limit of ${MAX_JSON_PAYLOAD_BYTES}`);
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.from(payload).toString('utf8'));
+    value = JSON.parse(Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('utf8'));
   } catch {
     throw new EnclaveCallError(`${what}: not valid JSON`);
   }
@@ -219,7 +219,25 @@ export const heartbeatResultSchema = z.strictObject({ status: z.number().int().m
 export const runCheckParamsSchema = z.strictObject({ name: checkNameField });
 export const checkResultSchema = z.strictObject({ name: checkNameField, alerts: z.array(z.json()).max(100_000), summary: z.json().optional() });
 export const pslistParamsSchema = z.strictObject({});
-export const pslistResultSchema = z.strictObject({ processes: z.array(z.json()).max(1_000_000) });
+/** A number read from the guest as the checks report it (pid_t, a uid, nr_threads; -1 for unreadable credentials): any i32 or u32. */
+const taskId = z.number().int().min(-0x8000_0000).max(0xffff_ffff);
+/**
+ * One row of the process list (ids/checks/pslist.ts PsRow). Spelled out rather than z.json(): the
+ * host validates every row, and a generic JSON schema cost more than the whole channel (issue 4).
+ */
+export const psRowSchema = z.strictObject({
+  pid: taskId,
+  ppid: taskId,
+  comm: z.string().max(64),
+  uid: taskId,
+  euid: taskId,
+  state: z.string().max(8),
+  threads: taskId,
+  kthread: z.boolean(),
+  task: z.string().regex(/^0x[0-9a-f]{1,16}$/, 'must be a hex kernel address'),
+});
+export type PsRowWire = z.output<typeof psRowSchema>;
+export const pslistResultSchema = z.strictObject({ processes: z.array(psRowSchema).max(1_000_000) });
 export const stopParamsSchema = z.strictObject({});
 
 export const logParamsSchema = z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']), message: z.string().max(MAX_LOG_BYTES) });

@@ -18,6 +18,7 @@ import {
   registeredResultSchema,
   type EnclaveConfig,
   type InitParams,
+  type PsRowWire,
 } from '../../formats/protocol/enclave-call.ts';
 import type { z } from 'zod';
 import { CallPeer, PipeClosedError } from '../enclave/call-peer.ts';
@@ -113,7 +114,7 @@ export class EnclaveHost {
     return this.ecall(Ecall.runCheck, 'check result', { name }, checkResultSchema);
   }
 
-  async pslist(): Promise<unknown[]> {
+  async pslist(): Promise<PsRowWire[]> {
     return (await this.ecall(Ecall.pslist, 'pslist result', {}, pslistResultSchema)).processes;
   }
 

@@ -18,6 +18,7 @@ import {
 import { consoleFramesQuerySchema, consoleInputRequestSchema, consoleOpenRequestSchema, sessionIdHex } from '../../formats/protocol/console-frame.ts';
 import { vmIdHex } from '../../formats/protocol/fields.ts';
 import { idsRegisterRequestSchema, sessionIdHex as idsSessionIdHex } from '../../formats/protocol/ids-registration.ts';
+import { MONITOR_ATTEST_ROUTE, attestRequestSchema } from '../../formats/protocol/attestation.ts';
 import { UnknownIdsSessionError } from '../introspect/ids-sessions.ts';
 import { RefusalError } from '../identity/refusal.ts';
 import { UnknownVmError, type Monitor } from '../monitor.ts';
@@ -153,6 +154,17 @@ export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyI
       if (!Buffer.isBuffer(req.body)) throw new BadRequest('IDS request frame must be application/octet-stream');
       const frame = await monitor.idsRead(sessionId, req.body);
       return reply.type('application/octet-stream').send(frame);
+    } catch (err) {
+      return sendError(reply, err);
+    }
+  });
+
+  // Attestation (formats/protocol/attestation.ts): a nonce in, a quote out; nothing here needs trusting the caller.
+  app.post(MONITOR_ATTEST_ROUTE, async (req, reply) => {
+    try {
+      const { vmId } = parse(vmIdParamsSchema, req.params, 'VM id');
+      const body = parse(attestRequestSchema, req.body, 'attestation request');
+      return reply.send(await monitor.attest(vmId, body));
     } catch (err) {
       return sendError(reply, err);
     }

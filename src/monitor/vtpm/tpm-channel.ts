@@ -17,6 +17,8 @@ export interface TpmEndpoint {
 
 interface Pending {
   command: Buffer;
+  /** Sent inside an exclusive section. */
+  exclusive: boolean;
   resolve(r: Buffer): void;
   reject(e: Error): void;
 }
@@ -27,6 +29,8 @@ export class TpmChannel implements TpmEndpoint {
   #inFlight: Pending | undefined;
   #buffer: Buffer = Buffer.alloc(0);
   #failed: Error | undefined;
+  #exclusive = false;
+  #exclusiveTail: Promise<void> = Promise.resolve();
 
   /** Takes ownership of `fd`, a connected stream socket to swtpm's data side. */
   constructor(
@@ -40,16 +44,42 @@ export class TpmChannel implements TpmEndpoint {
   }
 
   transact(command: Buffer): Promise<Buffer> {
+    return this.#enqueue(command, false);
+  }
+
+  /**
+   * Runs `fn` with the channel to itself: commands sent through the endpoint `fn` gets run back to back,
+   * and everyone else's (the guest's) wait until `fn` settles. The monitor's attestation uses it so that no
+   * guest command lands between its PCR_Read and Quote, or touches its transient AK handle.
+   */
+  async exclusive<T>(fn: (tpm: TpmEndpoint) => Promise<T>): Promise<T> {
+    const previous = this.#exclusiveTail;
+    let release!: () => void;
+    this.#exclusiveTail = new Promise((r) => (release = r));
+    await previous;
+    this.#exclusive = true;
+    try {
+      return await fn({ name: this.name, transact: (c) => this.#enqueue(c, true) });
+    } finally {
+      this.#exclusive = false;
+      release();
+      this.#next();
+    }
+  }
+
+  #enqueue(command: Buffer, exclusive: boolean): Promise<Buffer> {
     if (this.#failed) return Promise.reject(this.#failed);
     return new Promise((resolve, reject) => {
-      this.#queue.push({ command, resolve, reject });
+      this.#queue.push({ command, exclusive, resolve, reject });
       this.#next();
     });
   }
 
   #next(): void {
     if (this.#inFlight || this.#failed) return;
-    const p = this.#queue.shift();
+    const i = this.#exclusive ? this.#queue.findIndex((q) => q.exclusive) : 0;
+    if (i < 0) return;
+    const p = this.#queue.splice(i, 1)[0];
     if (!p) return;
     this.#inFlight = p;
     this.#socket.write(p.command);
