@@ -89,7 +89,7 @@ test('createCa makes a self-signed Ed25519 CA that OpenSSL reads as such', { tim
   assert.match(text.out, /Signature Algorithm: ED25519/);
   assert.match(text.out, /Public Key Algorithm: ED25519/);
   assert.match(text.out, /Issuer: CN = vmseal provider CA/);
-  assert.match(text.out, /Basic Constraints: critical\s+CA:TRUE, pathlen:0/);
+  assert.match(text.out, /Basic Constraints: critical\s+CA:TRUE, pathlen:1/);
   assert.match(text.out, /Key Usage: critical\s+Certificate Sign, CRL Sign/);
   // A self-signed root verifies against itself.
   assert.equal(openssl(['verify', '-CAfile', path, path]).status, 0);
