@@ -90,7 +90,13 @@ test('every party as its own vmseal process: launch, sealed commands, sealed con
   assert.equal(launched.status, 0, launched.stderr);
   assert.match(launched.stdout, /launched web: VM [0-9a-f]{32} on host host-1 \(identity proof verified\)/);
 
-  const consoleRun = await vmseal(['vm', 'console', 'web', '--dir', at('tenant')], 'sleep 1; echo cli-console-$((20+22))\n', 300_000);
+  // `vm launch` returns once QEMU runs, not once the guest's shell does: input typed before the shell
+  // reads ttyS0 is lost, so type again until the answer comes back (the guest boots slower under load).
+  let consoleRun = await vmseal(['vm', 'console', 'web', '--dir', at('tenant')], 'echo cli-console-$((20+22))\n', 300_000);
+  for (let attempt = 1; attempt < 10 && !/cli-console-42/.test(consoleRun.stdout); attempt++) {
+    assert.equal(consoleRun.status, 0, consoleRun.stderr);
+    consoleRun = await vmseal(['vm', 'console', 'web', '--dir', at('tenant')], 'echo cli-console-$((20+22))\n', 300_000);
+  }
   assert.equal(consoleRun.status, 0, consoleRun.stderr);
   assert.match(consoleRun.stdout, /cli-console-42/);
 

@@ -56,17 +56,25 @@ function typeKnown(kind: number, type: number): boolean {
   return false;
 }
 
-export function encodeFrame(frame: Frame): Buffer {
-  if (!typeKnown(frame.kind, frame.type)) throw new EnclaveCallError(`unknown frame kind ${frame.kind} / type ${frame.type}`);
-  if (!Number.isInteger(frame.callId) || frame.callId < 0 || frame.callId > 0xffff_ffff) throw new EnclaveCallError(`bad call id ${frame.callId}`);
-  const bodyLen = FRAME_HEADER_BYTES + frame.payload.length;
+/**
+ * The 10 bytes in front of a payload of `payloadBytes`. A sender may write them and the payload's
+ * pieces separately (one writev), so a large payload is never copied just to be framed.
+ */
+export function encodeFrameHeader(kind: FrameKind, type: number, callId: number, payloadBytes: number): Buffer {
+  if (!typeKnown(kind, type)) throw new EnclaveCallError(`unknown frame kind ${kind} / type ${type}`);
+  if (!Number.isInteger(callId) || callId < 0 || callId > 0xffff_ffff) throw new EnclaveCallError(`bad call id ${callId}`);
+  const bodyLen = FRAME_HEADER_BYTES + payloadBytes;
   if (bodyLen > MAX_FRAME_BYTES) throw new EnclaveCallError(`frame of ${bodyLen} bytes is over the limit of ${MAX_FRAME_BYTES}`);
-  const head = Buffer.alloc(FRAME_LENGTH_BYTES + FRAME_HEADER_BYTES);
+  const head = Buffer.allocUnsafe(FRAME_LENGTH_BYTES + FRAME_HEADER_BYTES);
   head.writeUInt32BE(bodyLen, 0);
-  head.writeUInt8(frame.kind, 4);
-  head.writeUInt8(frame.type, 5);
-  head.writeUInt32BE(frame.callId, 6);
-  return Buffer.concat([head, frame.payload]);
+  head.writeUInt8(kind, 4);
+  head.writeUInt8(type, 5);
+  head.writeUInt32BE(callId, 6);
+  return head;
+}
+
+export function encodeFrame(frame: Frame): Buffer {
+  return Buffer.concat([encodeFrameHeader(frame.kind, frame.type, frame.callId, frame.payload.length), frame.payload]);
 }
 
 /**
@@ -114,8 +122,11 @@ export class FrameDecoder {
   }
 
   private take(n: number): Buffer {
-    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
-    const out = Buffer.from(all.subarray(0, n));
+    const single = this.chunks.length === 1;
+    const all = single ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
+    // A lone chunk belongs to the stream (its pool may be reused): the frame gets its own copy. A
+    // joined buffer is already ours, and copying a frame of a few hundred KiB twice showed in profiles.
+    const out = single ? Buffer.from(all.subarray(0, n)) : all.subarray(0, n);
     const rest = all.subarray(n);
     this.chunks = rest.length > 0 ? [rest] : [];
     this.buffered = rest.length;
@@ -123,21 +134,21 @@ export class FrameDecoder {
   }
 }
 
-export function okResult(body: Uint8Array): Buffer {
-  return Buffer.concat([Buffer.of(0), body]);
-}
+/** The status byte of a result payload: 0 is followed by the call's result, 1 by an error message. */
+export const RESULT_OK = 0;
+export const RESULT_ERROR = 1;
 
 export function errorResult(message: string): Buffer {
   const text = Buffer.from(message, 'utf8').subarray(0, MAX_ERROR_MESSAGE_BYTES);
-  return Buffer.concat([Buffer.of(1), text]);
+  return Buffer.concat([Buffer.of(RESULT_ERROR), text]);
 }
 
 export type CallResult = { ok: true; body: Buffer } | { ok: false; error: string };
 
 export function decodeResult(payload: Buffer): CallResult {
   const status = payload[0];
-  if (status === 0) return { ok: true, body: payload.subarray(1) };
-  if (status === 1) {
+  if (status === RESULT_OK) return { ok: true, body: payload.subarray(1) };
+  if (status === RESULT_ERROR) {
     if (payload.length - 1 > MAX_ERROR_MESSAGE_BYTES) throw new EnclaveCallError('error message over the limit');
     return { ok: false, error: payload.subarray(1).toString('utf8') };
   }

@@ -9,10 +9,10 @@ import {
   EnclaveCallError,
   FrameDecoder,
   FrameKind,
+  RESULT_OK,
   decodeResult,
-  encodeFrame,
+  encodeFrameHeader,
   errorResult,
-  okResult,
   type Frame,
 } from '../../formats/protocol/enclave-call.ts';
 
@@ -30,6 +30,8 @@ export class PipeClosedError extends EnclaveCallError {
 export class RemoteCallError extends Error {
   override name = 'RemoteCallError';
 }
+
+const OK_STATUS = Buffer.of(RESULT_OK);
 
 interface Pending {
   type: number;
@@ -73,7 +75,7 @@ export class CallPeer {
     return new Promise<Buffer>((resolve, reject) => {
       this.pending.set(callId, { type, resolve, reject });
       try {
-        this.output.write(encodeFrame({ kind: this.callKind, type, callId, payload: Buffer.from(payload) }));
+        this.send(this.callKind, type, callId, [payload]);
       } catch (err) {
         this.pending.delete(callId);
         reject(err as Error);
@@ -129,19 +131,37 @@ export class CallPeer {
     }
   }
 
-  private async answer(frame: Frame): Promise<void> {
-    let payload: Buffer;
+  /**
+   * Writes one frame whose payload is `parts` in order, header and parts in one corked write: the
+   * payload (a channel reply of a few hundred KiB) is handed to the pipe as it is, never copied to
+   * be framed. Throws before writing anything if the frame is invalid or too large.
+   */
+  private send(kind: FrameKind, type: number, callId: number, parts: readonly Uint8Array[]): void {
+    let bytes = 0;
+    for (const part of parts) bytes += part.length;
+    const head = encodeFrameHeader(kind, type, callId, bytes);
+    this.output.cork();
     try {
-      payload = okResult(await this.serve(frame.type, frame.payload));
+      this.output.write(head);
+      for (const part of parts) if (part.length > 0) this.output.write(part);
+    } finally {
+      this.output.uncork();
+    }
+  }
+
+  private async answer(frame: Frame): Promise<void> {
+    let parts: Uint8Array[];
+    try {
+      parts = [OK_STATUS, await this.serve(frame.type, frame.payload)];
     } catch (err) {
-      payload = errorResult(err instanceof Error ? err.message : String(err));
+      parts = [errorResult(err instanceof Error ? err.message : String(err))];
     }
     if (this.broken) return;
     try {
-      this.output.write(encodeFrame({ kind: this.answerKind, type: frame.type, callId: frame.callId, payload }));
+      this.send(this.answerKind, frame.type, frame.callId, parts);
     } catch (err) {
       // A result too large to frame is reported as an error result instead.
-      this.output.write(encodeFrame({ kind: this.answerKind, type: frame.type, callId: frame.callId, payload: errorResult((err as Error).message) }));
+      this.send(this.answerKind, frame.type, frame.callId, [errorResult((err as Error).message)]);
     }
   }
 }
