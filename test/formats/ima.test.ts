@@ -119,3 +119,16 @@ test('hostile binary lists give ImaLogError, never a hang or a huge allocation',
   assert.throws(() => parseImaAscii('10 7936eb315fb4e74b99e7d461bc5c96049e1ee092 not-ima sha1:bc /x'), /unsupported template/);
   assert.throws(() => parseImaAscii('this is text not an ima entry'), ImaLogError);
 });
+
+test('a d-ngv2 prefix seen earlier is still refused in a d-ng field (parsed prefixes are remembered)', () => {
+  const u32 = (n: number) => Buffer.from(Uint32Array.of(n).buffer);
+  const field = (b: Buffer) => Buffer.concat([u32(b.length), b]);
+  const entry = (template: string, prefix: string) => {
+    const data = Buffer.concat([field(Buffer.concat([Buffer.from(`${prefix}\0`), Buffer.alloc(32, 7)])), field(Buffer.from('/bin/x\0'))]);
+    return Buffer.concat([u32(10), Buffer.alloc(20, 1), u32(template.length), Buffer.from(template), u32(data.length), data]);
+  };
+  assert.equal(parseImaBinary(entry('ima-ngv2', 'ima:sha256:'))[0]?.fileDigest.type, 'ima');
+  assert.throws(() => parseImaBinary(entry('ima-ng', 'ima:sha256:')), ImaLogError);
+  assert.equal(parseImaBinary(entry('ima-ng', 'sha256:'))[0]?.fileDigest.algorithm, 'sha256');
+  assert.throws(() => parseImaBinary(entry('ima-ngv2', 'sha256:')), ImaLogError);
+});

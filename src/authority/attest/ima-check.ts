@@ -53,7 +53,7 @@ export function checkIma(imaLog: Buffer, quoted: PcrValues, policy: RuntimePolic
   }
 
   if (policy) {
-    const ev = evaluateRuntimePolicy(entries, policy, { bootAggregates: [aggregate] });
+    const ev = evaluateRuntimePolicy(entries, policy, { bootAggregates: [aggregate], firstFailureOnly: true });
     const f = ev.failures[0];
     if (f) return fail('POLICY_VIOLATION', `${f.message} (entry ${f.index}, ${f.reason})`, f.path, f.digest);
   }

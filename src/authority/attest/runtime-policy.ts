@@ -13,7 +13,7 @@
 // - the template hash must match the entry; violations (ToMToU, open-writers) are reported, not failed.
 import { createHash, createPublicKey, publicDecrypt, constants as cryptoConstants, X509Certificate, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import { BOOT_AGGREGATE_NAME, findTemplateHashMismatch, IMA_PCR, type ImaEntry } from '../../formats/ima.ts';
+import { BOOT_AGGREGATE_NAME, IMA_PCR, templateHashMatches, type ImaEntry } from '../../formats/ima.ts';
 
 const HexDigest = z.string().max(256);
 const DigestMap = z.record(z.string().max(4096), z.array(HexDigest).max(100_000));
@@ -245,6 +245,33 @@ export interface PolicyEvaluation {
 export interface EvaluateOptions {
   /** boot_aggregate values computed from the quoted PCRs (hex), added to digests.boot_aggregate. */
   bootAggregates?: readonly string[];
+  /** Stop at the first failure (a verifier that reports only the first one need not judge the rest). */
+  firstFailureOnly?: boolean;
+}
+
+// Lists of a few digests are searched directly; longer ones get a Set, built when first needed, so a
+// 10,000-path policy costs nothing per evaluation for the paths the list does not name.
+const SMALL_LIST = 8;
+
+/** The accepted hex digests per path of one policy map, looked up without copying the map. */
+class AcceptLists {
+  private readonly sets = new Map<string, Set<string>>();
+  constructor(
+    private readonly lists: Readonly<Record<string, readonly string[]>>,
+    private readonly extra?: { path: string; digests: readonly string[] },
+  ) {}
+
+  /** undefined: the path is not listed; otherwise whether `hex` is accepted for it. */
+  accepts(path: string, hex: string): boolean | undefined {
+    const extra = this.extra?.path === path ? this.extra.digests : undefined;
+    const list = Object.hasOwn(this.lists, path) ? this.lists[path] : undefined;
+    if (!list) return extra ? extra.includes(hex) : undefined;
+    if (extra?.includes(hex)) return true;
+    if (list.length <= SMALL_LIST) return list.includes(hex);
+    let set = this.sets.get(path);
+    if (!set) this.sets.set(path, (set = new Set(list)));
+    return set.has(hex);
+  }
 }
 
 // Device-mapper measurements (drivers/md/dm-ima.c), judged by Keylime's dm_policy, which is not implemented.
@@ -255,46 +282,35 @@ export function evaluateRuntimePolicy(entries: readonly ImaEntry[], policy: Runt
   const exclude = compileExcludes(policy.excludes);
   const rings = parseVerificationKeys(policy['verification-keys']);
   const keys: ImaKey[] = [...rings.values()].flat();
-  const digests = new Map<string, Set<string>>(Object.entries(policy.digests).map(([p, l]) => [p, new Set(l)]));
-  if (opts.bootAggregates?.length) {
-    const s = digests.get(BOOT_AGGREGATE_NAME) ?? new Set<string>();
-    for (const v of opts.bootAggregates) s.add(v);
-    digests.set(BOOT_AGGREGATE_NAME, s);
-  }
-  const toSets = (m: Record<string, string[]>) => new Map(Object.entries(m).map(([p, l]) => [p, new Set(l)]));
-  const keyrings = toSets(policy.keyrings);
-  const imaBuf = toSets(policy['ima-buf']);
+  const boot = opts.bootAggregates?.length ? { path: BOOT_AGGREGATE_NAME, digests: opts.bootAggregates } : undefined;
+  const digests = new AcceptLists(policy.digests, boot);
+  const keyrings = new AcceptLists(policy.keyrings);
+  const imaBuf = new AcceptLists(policy['ima-buf']);
   const ignored = new Set(policy.ima.ignored_keyrings);
   const out: PolicyEvaluation = { ok: true, failures: [], signatureAccepted: 0, excluded: 0, violations: 0 };
 
-  entries.forEach((e, index) => {
-    const hex = e.fileDigest.digest.toString('hex');
-    const digest = `${e.fileDigest.algorithm}:${hex}`;
-    const fail = (reason: PolicyFailureReason, message: string) => {
-      out.failures.push({ index, reason, template: e.template, path: e.path, digest, message });
-    };
-    if (e.pcr !== IMA_PCR) return fail('ima_pcr', `entry for ${e.path} is in PCR ${e.pcr}, not ${IMA_PCR}`);
+  const fail = (e: ImaEntry, index: number, reason: PolicyFailureReason, message: (digest: string) => string) => {
+    const digest = `${e.fileDigest.algorithm}:${e.fileDigest.digest.toString('hex')}`;
+    out.failures.push({ index, reason, template: e.template, path: e.path, digest, message: message(digest) });
+  };
+  const checkList = (e: ImaEntry, index: number, lists: AcceptLists, hex: string) => {
+    if (exclude?.test(e.path)) {
+      out.excluded++;
+      return true;
+    }
+    const accepted = lists.accepts(e.path, hex);
+    if (accepted === undefined) fail(e, index, 'not_in_allowlist', (d) => `File not found in allowlist: ${e.path} (${d})`);
+    else if (!accepted) fail(e, index, 'runtime_policy_hash', (d) => `Hash not found in runtime policy: ${e.path} has ${d}`);
+    return accepted === true;
+  };
+  const judge = (e: ImaEntry, index: number): void => {
+    if (e.pcr !== IMA_PCR) return fail(e, index, 'ima_pcr', () => `entry for ${e.path} is in PCR ${e.pcr}, not ${IMA_PCR}`);
     if (e.violation) {
       out.violations++;
       return;
     }
-    if (findTemplateHashMismatch([e]) === 0) return fail('ima_hash', `template hash of ${e.path} does not match its data`);
-    const checkList = (lists: Map<string, Set<string>>) => {
-      if (exclude?.test(e.path)) {
-        out.excluded++;
-        return true;
-      }
-      const accept = lists.get(e.path);
-      if (!accept) {
-        fail('not_in_allowlist', `File not found in allowlist: ${e.path} (${digest})`);
-        return false;
-      }
-      if (!accept.has(hex)) {
-        fail('runtime_policy_hash', `Hash not found in runtime policy: ${e.path} has ${digest}`);
-        return false;
-      }
-      return true;
-    };
+    if (!templateHashMatches(e)) return fail(e, index, 'ima_hash', () => `template hash of ${e.path} does not match its data`);
+    const hex = e.fileDigest.digest.toString('hex');
     switch (e.template) {
       case 'ima-sig':
       case 'ima-sigv2':
@@ -309,25 +325,28 @@ export function evaluateRuntimePolicy(entries: readonly ImaEntry[], policy: Runt
             return;
           }
         }
-        checkList(digests);
+        checkList(e, index, digests, hex);
         return;
       case 'ima-buf': {
-        const buf = e.buf ?? Buffer.alloc(0);
-        const key = keyFromBuffer(buf);
+        const key = keyFromBuffer(e.buf ?? Buffer.alloc(0));
         if (key) {
-          if (!ignored.has('*') && !ignored.has(e.path) && checkList(keyrings)) keys.push(key);
+          if (!ignored.has('*') && !ignored.has(e.path) && checkList(e, index, keyrings, hex)) keys.push(key);
           return;
         }
         if (policy.ima.dm_policy !== null && DM_EVENTS.has(e.path)) {
-          return fail('dm_policy_unsupported', `device-mapper entry ${e.path}: dm_policy is not supported by this verifier`);
+          return fail(e, index, 'dm_policy_unsupported', () => `device-mapper entry ${e.path}: dm_policy is not supported by this verifier`);
         }
-        checkList(imaBuf);
+        checkList(e, index, imaBuf, hex);
         return;
       }
       default:
-        checkList(digests);
+        checkList(e, index, digests, hex);
     }
-  });
+  };
+  for (let i = 0; i < entries.length; i++) {
+    judge(entries[i] as ImaEntry, i);
+    if (opts.firstFailureOnly && out.failures.length > 0) break;
+  }
   out.ok = out.failures.length === 0;
   return out;
 }

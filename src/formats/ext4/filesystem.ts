@@ -9,7 +9,8 @@ import { groupDescriptorOffset, INCOMPAT, inodeTableBlock, parseSuperblock, SUPE
 export const ROOT_INO = 2;
 const MAX_SYMLINK_HOPS = 40; // the kernel's MAXSYMLINKS
 const MAX_DIR_BYTES = 256 * 1024 * 1024;
-const CHUNK_BLOCKS = 256;
+// Blocks per read while streaming a file: large reads keep per-call overhead small next to hashing.
+const CHUNK_BLOCKS = 1024;
 
 export interface WalkEntry {
   path: string;
@@ -70,32 +71,31 @@ export class Ext4 {
     return out;
   }
 
-  /** Streams a file's bytes in order, holes as zeros, exactly `inode.size` bytes. */
+  /**
+   * Streams a file's bytes in order, holes as zeros, exactly `inode.size` bytes. The next read is
+   * issued before a chunk is yielded, so it runs while the consumer (typically hashing) works on the
+   * current one.
+   */
   async *contents(inode: Inode): AsyncGenerator<Buffer> {
     const bs = this.sb.blockSize;
     if (inode.size > MAX_LOGICAL_BLOCKS * bs) throw new Ext4Error(`inode ${inode.ino}: size ${inode.size} beyond the ext4 maximum`);
     const runs = await this.runs(inode);
-    let pos = 0; // bytes produced
-    const emitZeros = function* (upto: number) {
-      while (pos < upto) {
-        const n = Math.min(upto - pos, CHUNK_BLOCKS * bs);
-        pos += n;
-        yield Buffer.alloc(n);
-      }
+    const chunks = chunkPlan(runs, bs, inode.size);
+    const fetch = (c: Chunk): Promise<Buffer> => {
+      if (c.block === null) return Promise.resolve(Buffer.alloc(c.bytes));
+      const p = this.readBlocks(c.block, Math.ceil(c.bytes / bs)).then((d) => (d.length === c.bytes ? d : d.subarray(0, c.bytes)));
+      // Awaited below; this only keeps a prefetch the consumer never asks for from being unhandled.
+      p.catch(() => undefined);
+      return p;
     };
-    for (const r of runs) {
-      const start = r.logical * bs;
-      if (start >= inode.size) break;
-      yield* emitZeros(start);
-      for (let done = 0; done < r.length && pos < inode.size; done += CHUNK_BLOCKS) {
-        const n = Math.min(CHUNK_BLOCKS, r.length - done);
-        const data = await this.readBlocks(r.physical + done, n);
-        const take = Math.min(data.length, inode.size - pos);
-        pos += take;
-        yield take === data.length ? data : data.subarray(0, take);
-      }
+    let next = chunks.next();
+    let pending = next.done ? null : fetch(next.value);
+    while (pending) {
+      const current = pending;
+      next = chunks.next();
+      pending = next.done ? null : fetch(next.value);
+      yield await current;
     }
-    yield* emitZeros(inode.size);
   }
 
   /** A whole file; refuses files larger than `maxBytes` (default 256 MiB) before reading. */
@@ -186,6 +186,34 @@ export class Ext4 {
     }
     yield* visit(start, path === '/' ? '/' : path.replace(/\/+$/, ''), 0);
   }
+}
+
+/** One read of a file's stream: `bytes` from `block` on, or zeros for a hole (block null). */
+interface Chunk {
+  block: number | null;
+  bytes: number;
+}
+
+function* chunkPlan(runs: readonly BlockRun[], bs: number, size: number): Generator<Chunk> {
+  let pos = 0; // bytes planned
+  const zerosTo = function* (upto: number): Generator<Chunk> {
+    while (pos < upto) {
+      const n = Math.min(upto - pos, CHUNK_BLOCKS * bs);
+      pos += n;
+      yield { block: null, bytes: n };
+    }
+  };
+  for (const r of runs) {
+    const start = r.logical * bs;
+    if (start >= size) break;
+    yield* zerosTo(start);
+    for (let done = 0; done < r.length && pos < size; done += CHUNK_BLOCKS) {
+      const bytes = Math.min(Math.min(CHUNK_BLOCKS, r.length - done) * bs, size - pos);
+      pos += bytes;
+      yield { block: r.physical + done, bytes };
+    }
+  }
+  yield* zerosTo(size);
 }
 
 async function readExact(read: ReadAt, offset: number, length: number): Promise<Buffer> {
