@@ -25,6 +25,7 @@ import {
   nvWriteCommand,
   parsePcrReadResponse,
   parseResponse,
+  passwordSession,
   pcrReadCommand,
   startupCommand,
 } from '../../src/formats/tpm2/index.ts';
@@ -181,8 +182,14 @@ test('proxy: control relay, hostile commands answered with TPM errors, measured 
   assert.notEqual(rc(await q.tpm(truncated)), TPM_RC.SUCCESS);
   const tiny = Buffer.from([0x80, 0x01, 0, 0, 0, 4, 0, 0, 1, 0x7b]);
   assert.equal(rc(await q.tpm(tiny)), TPM_RC.COMMAND_SIZE);
+  // The monitor's AK lives under the endorsement hierarchy: the guest may not lock it with a password or disable it.
+  const newAuth = Buffer.from([0x00, 0x04, 1, 2, 3, 4]);
+  assert.equal(rc(await q.tpm(buildCommand(TPM_CC.HierarchyChangeAuth, [TPM_RH.ENDORSEMENT], newAuth, [passwordSession()]))), 0x185);
+  const disable = Buffer.alloc(5);
+  disable.writeUInt32BE(TPM_RH.ENDORSEMENT, 0);
+  assert.equal(rc(await q.tpm(buildCommand(TPM_CC.HierarchyControl, [TPM_RH.OWNER], disable, [passwordSession()]))), 0x185);
   assert.equal(a.proxy.stats.forwarded, before, 'nothing hostile was forwarded');
-  assert.equal(a.proxy.stats.rejected, 5);
+  assert.equal(a.proxy.stats.rejected, 7);
   assert.equal(rc(await q.tpm(getRandomCommand(16))), TPM_RC.SUCCESS, 'the TPM still works');
 
   // forward-to: the same PCR_Read answered by the other VM's swtpm, which was never measured.

@@ -160,8 +160,10 @@ export function allCommands(): CommandInfo[] {
 export const TPM_CC = {
   NV_UndefineSpaceSpecial: 0x11f,
   EvictControl: 0x120,
+  HierarchyControl: 0x121,
   NV_UndefineSpace: 0x122,
   Clear: 0x126,
+  HierarchyChangeAuth: 0x129,
   NV_DefineSpace: 0x12a,
   CreatePrimary: 0x131,
   NV_GlobalWriteLock: 0x132,

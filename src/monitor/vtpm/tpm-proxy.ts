@@ -15,7 +15,7 @@
  */
 import { Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
-import { HEADER_SIZE, TPM_CC, TPM_RC, Tpm2FormatError, errorResponse, parseCommand, type ParsedCommand } from '../../formats/tpm2/index.ts';
+import { HEADER_SIZE, TPM_CC, TPM_RC, TPM_RH, Tpm2FormatError, errorResponse, parseCommand, rcForHandle, type ParsedCommand } from '../../formats/tpm2/index.ts';
 import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from './fd-passing.ts';
 import { NativeSocket } from './native-socket.ts';
 import type { SwtpmControl } from './swtpm-control.ts';
@@ -246,6 +246,10 @@ export class TpmProxy {
       if (err instanceof Tpm2FormatError) return errorResponse(err.rc);
       return errorResponse(TPM_RC.FAILURE);
     }
+    if (touchesEndorsementControl(cmd)) {
+      this.stats.rejected++;
+      return errorResponse(rcForHandle(TPM_RC.HIERARCHY, 1));
+    }
     try {
       const decision = await this.#policy(cmd, command);
       if (decision.action === 'respond') {
@@ -280,4 +284,16 @@ export class TpmProxy {
     this.#guest?.destroy();
     this.#dropFds();
   }
+}
+
+/**
+ * The monitor re-creates its attestation key under the endorsement hierarchy with an empty auth
+ * (attestation-key.ts). A guest that set an endorsement password or disabled the hierarchy would stop
+ * attestation (never fool it), so both are refused: HierarchyChangeAuth on TPM_RH_ENDORSEMENT, and
+ * HierarchyControl whose `enable` parameter names TPM_RH_ENDORSEMENT.
+ */
+function touchesEndorsementControl(cmd: ParsedCommand): boolean {
+  if (cmd.commandCode === TPM_CC.HierarchyChangeAuth) return cmd.handles[0] === TPM_RH.ENDORSEMENT;
+  if (cmd.commandCode !== TPM_CC.HierarchyControl) return false;
+  return cmd.parameters.length >= 4 && cmd.parameters.readUInt32BE(0) === TPM_RH.ENDORSEMENT;
 }
