@@ -5,7 +5,7 @@
  * those stay the reference implementations (test/crypto/native.test.ts compares them) and the client-side
  * sealer's path. The addon is loaded on first use so that importing this module never fails by itself.
  */
-import { createRequire } from 'node:module';
+import { loadNativeAddon } from './native-addon.ts';
 import type { SectorNumber } from './xts.ts';
 
 interface Addon {
@@ -27,7 +27,6 @@ interface Addon {
   ): void;
 }
 
-const ADDON_PATH = '../../build/Release/sector_crypto.node';
 /** plain64 counts 512-byte units whatever the sector size (see xts.ts). */
 const IV_UNIT = 512;
 const MAX_IV = (1n << 64n) - 1n;
@@ -35,13 +34,7 @@ const MAX_IV = (1n << 64n) - 1n;
 let addon: Addon | undefined;
 
 function load(): Addon {
-  if (addon) return addon;
-  try {
-    addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
-    throw new Error(`native sector crypto addon is not built (run \`npm ci\` or \`npm exec -c 'node-gyp rebuild'\` in the repository root): ${why}`);
-  }
+  addon ??= loadNativeAddon<Addon>('sector_crypto', 'sector crypto');
   return addon;
 }
 

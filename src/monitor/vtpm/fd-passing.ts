@@ -4,7 +4,7 @@
  * (CMD_SET_DATAFD, SCM_RIGHTS) and hand swtpm one end of a socketpair. Every fd is non-blocking; readability
  * comes from a uv_poll_t on Node's own loop, so nothing here blocks or needs a thread.
  */
-import { createRequire } from 'node:module';
+import { loadNativeAddon } from '../../crypto/native-addon.ts';
 
 export interface ReceivedMessage {
   /** Empty at end of stream. */
@@ -29,18 +29,11 @@ interface Addon {
   watchReadable(fd: number, callback: (status: number) => void): ReadableWatch;
 }
 
-const ADDON_PATH = '../../../build/Release/fd_passing.node';
 
 let addon: Addon | undefined;
 
 function load(): Addon {
-  if (addon) return addon;
-  try {
-    addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
-  } catch (err) {
-    const why = err instanceof Error ? err.message : String(err);
-    throw new Error(`native fd-passing addon is not built (run \`npm ci\` or \`npm exec -c 'node-gyp rebuild'\` in the repository root): ${why}`);
-  }
+  addon ??= loadNativeAddon<Addon>('fd_passing', 'fd-passing');
   return addon;
 }
 
