@@ -100,9 +100,11 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   running.push({ vtpm: vtpmA });
   const launchA = await bootGuest(vtpmA, 'nv-a');
   const a = shell(launchA);
-  await a.ok(`tpm2_nvdefine ${idx} -C o -s ${value.length} -a "ownerread|ownerwrite|authread|authwrite|no_da"`);
+  // The index has its own password: a grantee proves it knows it, under tpm2-tools' HMAC session.
+  const pw = 'share-pw';
+  await a.ok(`tpm2_nvdefine ${idx} -C o -s ${value.length} -a "ownerread|ownerwrite|authread|authwrite|no_da" -p ${pw}`);
   await a.ok(`printf %s ${value} > /tmp/nv.in && tpm2_nvwrite ${idx} -C o -i /tmp/nv.in`);
-  assert.equal((await a.ok(`tpm2_nvread ${idx} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`)).trim().split('\n').pop(), value);
+  assert.equal((await a.ok(`tpm2_nvread ${idx} -P ${pw} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`)).trim().split('\n').pop(), value);
   await launchA.stop(2000);
 
   // Monitor restart; A's vTPM serves from its encrypted state with no guest attached.
@@ -113,7 +115,7 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   running.push({ vtpm: vtpmA2 });
   assert.equal((await vtpmA2.swtpm.control.request(CMD.INIT, Buffer.alloc(4), 4)).readUInt32BE(0), 0);
   assert.equal((await vtpmA2.endpoint.transact(startupCommand())).readUInt32BE(6), TPM_RC.SUCCESS);
-  const aValue = async () => parseNvReadResponse(parseResponse(await vtpmA2.endpoint.transact(nvReadCommand(INDEX, value.length)), TPM_CC.NV_Read)).toString();
+  const aValue = async () => parseNvReadResponse(parseResponse(await vtpmA2.endpoint.transact(nvReadCommand(INDEX, value.length, 0, { password: Buffer.from(pw) })), TPM_CC.NV_Read)).toString();
   assert.equal(await aValue(), value);
   const owner = monitor.control.ownership.ownerState(INDEX);
   assert.equal(owner.kind === 'owned' && owner.claim.owner, vms.a.instance, 'the binding survived');
@@ -123,7 +125,7 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   running.push({ vtpm: vtpmB });
   const launchB = await bootGuest(vtpmB, 'nv-b');
   const b = shell(launchB);
-  const read = `tpm2_nvread ${idx} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`;
+  const read = `rm -f /tmp/nv.out; tpm2_nvread ${idx} -P ${pw} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`;
   await b.fails(`tpm2_nvreadpublic ${idx}`, /0x0*18b/i);
   await b.fails(`tpm2_nvread ${idx} -C o -s ${value.length}`, /0x0*(149|18b)/i);
   await b.fails(`printf %s forged > /tmp/x && tpm2_nvwrite ${idx} -C o -i /tmp/x`, /0x0*(149|18b)/i);
@@ -142,22 +144,26 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   const proof = grantProof(vms.b.commandKey, { ownerVmId: vms.a.vmId, granteeVmId: vms.b.vmId, nvIndex: INDEX, counter: 1 }).toString('hex');
   const lookup = (id: string) => Object.values(vms).find((v) => v.vmId === id);
   await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 1, op: 'tpm-share', args: { index: INDEX, with: vms.b.vmId, proof } }, lookup);
-  // NV_Read under a password session (TPM_RS_PW, empty index auth), the exact bytes a TSS sends for it.
-  const size = value.length.toString(16).padStart(4, '0');
-  const nvReadPw = `8002 00000023 0000014e 01800010 01800010 00000009 40000009 0000 00 0000 ${size} 0000`.replace(/ /g, '');
+  // NV_Read under a password session (TPM_RS_PW with the index password), the exact bytes a TSS sends for it.
+  const nvReadPw = nvReadCommand(INDEX, value.length, 0, { password: Buffer.from(pw) }).toString('hex');
   const rawRead = async () => (await b.ok(`printf '${octal(nvReadPw)}' > /tmp/rd && exec 3<>/dev/tpm0 && cat /tmp/rd >&3 && dd bs=4096 count=1 <&3 2>/dev/null | od -An -tx1; exec 3<&-`)).replace(/\s+/g, '');
   const shared = await rawRead();
   assert.equal(shared.slice(12, 20), '00000000', `NV_Read from B succeeds: ${shared}`);
   assert.equal(Buffer.from(shared.slice(32, 32 + 2 * value.length), 'hex').toString(), value, 'B reads A\'s value from A\'s vTPM');
-  // tpm2-tools 5.4 always wraps a password in an unbound HMAC session that lives in B's own TPM; the
-  // owner's TPM cannot check it, so the proxy answers TPM_RC_REFERENCE_S0 (docs/vtpm-nv.md).
-  await b.fails(read, /0x0*910/i);
+  // Ordinary tpm2_nvread: tpm2-tools 5.4 wraps the password in an unbound HMAC session that lives in B's own
+  // TPM; the proxy checks its HMAC, reads from A's TPM and answers for the session (docs/vtpm-nv.md).
+  assert.equal((await b.ok(read)).trim().split('\n').pop(), value, "B's tpm2_nvread returns A's value");
+  assert.equal((await b.ok(read)).trim().split('\n').pop(), value, 'and again (the session table follows B\'s TPM)');
+  await b.fails(`tpm2_nvread ${idx} -P wrong-pw -s ${value.length}`, /0x0*98e/i);
+  // B's own TPM still works with sessions after the shared reads.
+  await b.ok('tpm2_nvdefine 0x1500016 -C o -s 8 -a "ownerread|ownerwrite|authread|authwrite" -p mine && printf 12345678 > /tmp/m && tpm2_nvwrite 0x1500016 -P mine -i /tmp/m && tpm2_nvread 0x1500016 -P mine -s 8 && tpm2_nvundefine 0x1500016 -C o');
   assert.match(await b.ok(`tpm2_nvreadpublic ${idx}`), /size: 31|size: *\d+/, 'B sees the shared index\'s public area');
   await b.fails(`printf %s forged > /tmp/x && tpm2_nvwrite ${idx} -i /tmp/x`, /0x0*148/i);
 
   // A revokes: B's very next read fails.
   await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 2, op: 'tpm-revoke', args: { index: INDEX, from: vms.b.vmId } }, lookup);
   assert.equal((await rawRead()).slice(12, 20), '00000149', 'TPM_RC_NV_AUTHORIZATION after the revoke');
+  await b.fails(read, /0x0*(149|18b)/i); // the index looks absent again: NV_ReadPublic answers TPM_RC_HANDLE
   await b.fails(`tpm2_nvreadpublic ${idx}`, /0x0*18b/i);
   assert.equal(await aValue(), value, "A's value is unchanged");
 

@@ -17,6 +17,7 @@ import { MonitorDb } from '../../src/monitor/state/monitor-db.ts';
 import { loadOrCreateNvManagerKey } from '../../src/monitor/vtpm/nv-manager-key.ts';
 import { NvOwnership } from '../../src/monitor/vtpm/nv-ownership.ts';
 import { NvAccessControl } from '../../src/monitor/vtpm/nv-policy.ts';
+import { GuestSessions } from '../../src/monitor/vtpm/guest-sessions.ts';
 import { runTpmCommand, VtpmCommandError, type NvVm } from '../../src/monitor/vtpm/nv-commands.ts';
 import { extendLaunch, measureBootFiles } from '../../src/monitor/vtpm/measured-launch.ts';
 import { SwtpmInstance, vtpmStateDir } from '../../src/monitor/vtpm/swtpm-instance.ts';
@@ -80,7 +81,7 @@ test('shares need the owner, a running grantee and a proof under the grantee key
   const endpointA: TpmEndpoint = { name: 'a', transact: () => Promise.reject(new Error('not used')) };
   control.attach(vmA.instance, endpointA);
   const read = nvReadCommand(INDEX, 32);
-  const decide = () => control.decide({ instance: vmB.instance, tpm: endpointA }, parseCommand(read), read);
+  const decide = () => control.decide({ instance: vmB.instance, tpm: endpointA, sessions: new GuestSessions() }, parseCommand(read), read);
   assert.deepEqual(await decide(), { action: 'forward-to', instance: endpointA });
   await assert.rejects(runTpmCommand(control, vmB, { vmId: vmB.vmId, counter: 9, op: 'tpm-revoke', args: { index: INDEX, from: vmB.vmId } }, lookup), /does not own/);
   await runTpmCommand(control, vmA, { vmId: vmA.vmId, counter: 10, op: 'tpm-revoke', args: { index: INDEX, from: vmB.vmId } }, lookup);

@@ -91,7 +91,9 @@ async function send(vm: Vm, raw: Buffer): Promise<Buffer> {
   const d = await vm.policy(cmd, raw);
   if (d.action === 'respond') return d.response;
   if (d.action === 'forward-to') return d.instance.transact(raw);
-  return vm.swtpm.tpm.transact(raw);
+  const rsp = await vm.swtpm.tpm.transact(raw);
+  d.observe?.(rsp);
+  return rsp;
 }
 
 const rc = (r: Buffer) => r.readUInt32BE(6);

@@ -8,3 +8,4 @@ export * from './public.ts';
 export * from './nv.ts';
 export * from './attest.ts';
 export * from './builders.ts';
+export * from './session.ts';

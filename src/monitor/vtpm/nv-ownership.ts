@@ -6,7 +6,7 @@
  * change is one committed transaction (synchronous=FULL) before the caller answers the guest.
  */
 import type Database from 'better-sqlite3';
-import { grantTokenValid, INSTANCE_ID, NvTokenError, openOwnerToken, sealGrantToken, sealOwnerToken, type OwnerClaim } from './nv-token.ts';
+import { grantTokenValid, INSTANCE_ID, NvTokenError, openOwnerToken, sealGrantToken, sealOwnerToken, sealOwnerTokenWith, type OwnerClaim } from './nv-token.ts';
 
 export interface NvQuota {
   /** Managed indices one vTPM instance may own. */
@@ -68,16 +68,23 @@ export class NvOwnership {
   }
 
   /** Records `owner` as the owner of a fresh definition of `nvIndex` (new token, new nonce: old grants die). */
-  claim(owner: string, nvIndex: number, dataSize: number): OwnerClaim {
+  claim(owner: string, nvIndex: number, dataSize: number, auth?: Buffer): OwnerClaim {
     if (!INSTANCE_ID.test(owner)) throw new NvOwnershipError(`bad instance id ${owner}`);
-    const { token, nonce } = sealOwnerToken(this.#key, { owner, nvIndex, dataSize });
+    const { token, nonce } = sealOwnerToken(this.#key, { owner, nvIndex, dataSize, ...(auth ? { auth } : {}) });
     this.#db.transaction(() => {
       this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ?').run(nvIndex);
       this.#db
         .prepare('INSERT INTO nv_owners (nv_index, owner, data_size, token, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (nv_index) DO UPDATE SET owner = excluded.owner, data_size = excluded.data_size, token = excluded.token, created_at = excluded.created_at')
         .run(nvIndex, owner, dataSize, token, Date.now());
     })();
-    return { owner, nvIndex, dataSize, nonce };
+    return { owner, nvIndex, dataSize, nonce, ...(auth ? { auth } : {}) };
+  }
+
+  /** Records the index's new authValue (undefined: not known) for the same definition: nonce and grants stay. */
+  setAuth(claim: OwnerClaim, auth: Buffer | undefined): void {
+    const { auth: _old, ...rest } = claim;
+    const token = sealOwnerTokenWith(this.#key, { ...rest, ...(auth ? { auth } : {}) }, claim.nonce);
+    this.#db.prepare('UPDATE nv_owners SET token = ? WHERE nv_index = ? AND owner = ?').run(token, claim.nvIndex, claim.owner);
   }
 
   /** Drops the index and its grants (after the owner's swtpm undefined it). */
@@ -86,6 +93,14 @@ export class NvOwnership {
       this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ?').run(nvIndex);
       this.#db.prepare('DELETE FROM nv_owners WHERE nv_index = ?').run(nvIndex);
     })();
+  }
+
+  /** Puts back the row of `claim` (same nonce) after swtpm refused the undefine that released it. */
+  reinstate(claim: OwnerClaim): void {
+    const { nonce, ...rest } = claim;
+    this.#db
+      .prepare('INSERT INTO nv_owners (nv_index, owner, data_size, token, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (nv_index) DO NOTHING')
+      .run(claim.nvIndex, claim.owner, claim.dataSize, sealOwnerTokenWith(this.#key, rest, nonce), Date.now());
   }
 
   /** Whether `grantee` holds a genuine read grant from the current definition of the index. */

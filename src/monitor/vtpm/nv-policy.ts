@@ -17,8 +17,10 @@
  * after swtpm succeeded and before the guest hears so. Indices outside the range are the VM's private
  * business: they live in its own swtpm, which no other VM reaches.
  */
-import { TPM_CC, TPM_RC, TPM_RH, Tpm2FormatError, errorResponse, nvAccess, nvHandlesOf, rcForHandle, type NvAccess, type ParsedCommand } from '../../formats/tpm2/index.ts';
+import { TPM_CC, TPM_RC, TPM_RH, TPMA_SESSION, Tpm2FormatError, errorResponse, nvAccess, nvHandlesOf, nvReadPublicCommand, parseNvReadPublicResponse, parseResponse, rcForHandle, stripTrailingZeros, type NvAccess, type ParsedCommand } from '../../formats/tpm2/index.ts';
+import { GuestSessions } from './guest-sessions.ts';
 import { DEFAULT_NV_QUOTA, NvOwnership, type NvQuota } from './nv-ownership.ts';
+import { sharedReadWithHmacSession } from './nv-shared-read.ts';
 import type { OwnerClaim } from './nv-token.ts';
 import type { CommandPolicy, PolicyDecision } from './tpm-proxy.ts';
 import type { TpmEndpoint } from './tpm-channel.ts';
@@ -49,6 +51,8 @@ export interface NvRequester {
   instance: string;
   /** Its own swtpm. */
   tpm: TpmEndpoint;
+  /** The HMAC sessions its guest holds there (for a shared read under one). */
+  sessions: GuestSessions;
 }
 
 export interface NvAccessControlOptions {
@@ -72,6 +76,7 @@ export class NvAccessControl {
   readonly #log: (msg: string) => void;
   /** Running vTPMs by instance id: where a grantee's reads are served from. */
   readonly #endpoints = new Map<string, TpmEndpoint>();
+  readonly #sessions = new Map<string, GuestSessions>();
 
   constructor(o: NvAccessControlOptions) {
     this.ownership = o.ownership;
@@ -84,9 +89,15 @@ export class NvAccessControl {
    * can be made before the swtpm starts; until it is attached, managed-range commands get NV_UNAVAILABLE.
    */
   policyFor(instance: string): CommandPolicy {
-    return (cmd, raw) => {
+    return async (cmd, raw) => {
       const tpm = this.#endpoints.get(instance);
-      return tpm ? this.decide({ instance, tpm }, cmd, raw) : unattached(cmd);
+      if (!tpm) return unattached(cmd);
+      let sessions = this.#sessions.get(instance);
+      if (!sessions) this.#sessions.set(instance, (sessions = new GuestSessions()));
+      const decision = await this.decide({ instance, tpm, sessions }, cmd, raw);
+      if (decision.action !== 'forward' || !sessions.wants(cmd)) return decision;
+      const seen = sessions;
+      return { action: 'forward', observe: (rsp) => seen.observe(cmd, rsp) };
     };
   }
 
@@ -97,7 +108,16 @@ export class NvAccessControl {
 
   /** Its swtpm stopped: grantees' reads of its indices get TPM_RC_NV_UNAVAILABLE until it is back. */
   detach(instance: string, tpm: TpmEndpoint): void {
-    if (this.#endpoints.get(instance) === tpm) this.#endpoints.delete(instance);
+    if (this.#endpoints.get(instance) !== tpm) return;
+    this.#endpoints.delete(instance);
+    this.#sessions.delete(instance);
+  }
+
+  /** A command of `req`'s guest run on its own swtpm by the policy: its sessions' nonces are followed. */
+  async #own(req: NvRequester, cmd: ParsedCommand, raw: Buffer): Promise<Buffer> {
+    const rsp = await req.tpm.transact(raw);
+    if (req.sessions.wants(cmd)) req.sessions.observe(cmd, rsp);
+    return rsp;
   }
 
   /** The decision for one well-formed command `cmd` (whose bytes are `raw`) from `req`. */
@@ -116,12 +136,11 @@ export class NvAccessControl {
     if (other.action !== 'forward') return other;
     const nvIndex = access.nvIndex;
     const state = this.ownership.ownerState(nvIndex);
-    if (access.op === 'define') return this.#define(req, raw, access, state);
+    if (access.op === 'define') return this.#define(req, cmd, raw, access, state);
     if (state.kind === 'tampered') return respond(access.op === 'readPublic' ? rcForHandle(TPM_RC.HANDLE, access.handlePosition! + 1) : TPM_RC.NV_AUTHORIZATION);
-    // No owner: nothing of anyone else is there; the VM's own swtpm answers (TPM_RC_HANDLE).
-    if (state.kind === 'none') return FORWARD;
+    if (state.kind === 'none') return this.#unclaimed(req, cmd, raw, access);
     const claim = state.claim;
-    if (claim.owner === req.instance) return this.#ownerCommand(req, raw, access, claim);
+    if (claim.owner === req.instance) return this.#ownerCommand(req, cmd, raw, access, claim);
     return this.#foreignCommand(req, cmd, access, claim);
   }
 
@@ -134,7 +153,7 @@ export class NvAccessControl {
     return FORWARD;
   }
 
-  async #define(req: NvRequester, raw: Buffer, access: NvAccess, state: ReturnType<NvOwnership['ownerState']>): Promise<PolicyDecision> {
+  async #define(req: NvRequester, cmd: ParsedCommand, raw: Buffer, access: NvAccess, state: ReturnType<NvOwnership['ownerState']>): Promise<PolicyDecision> {
     const nvIndex = access.nvIndex!;
     if (state.kind === 'tampered') return respond(TPM_RC.NV_DEFINED);
     if (state.kind === 'owned' && state.claim.owner !== req.instance) return respond(TPM_RC.NV_DEFINED);
@@ -146,47 +165,108 @@ export class NvAccessControl {
       this.#log(`vTPM ${req.instance}: NV quota reached (${used.indices} indices, ${used.bytes} bytes) defining 0x${nvIndex.toString(16)}`);
       return respond(TPM_RC.NV_SPACE);
     }
+    const auth = authInClear(cmd, access);
     // A repeated define by the owner of an index its swtpm still has fails in swtpm (NV_DEFINED) and keeps
     // the old row and its grants; only a fresh claim is undone on failure.
     const fresh = state.kind === 'none';
-    if (fresh) this.ownership.claim(req.instance, nvIndex, dataSize);
-    let response: Buffer;
-    try {
-      response = await req.tpm.transact(raw);
-    } catch (err) {
-      if (fresh) this.ownership.release(nvIndex);
-      throw err;
+    // The command goes to swtpm first and the claim commits (fsync) while swtpm runs it; both happen in this
+    // one turn of the event loop, so no other VM's define of the index can slip in between, and the guest
+    // hears only after the commit. A crash between the two leaves the index in this VM's swtpm without a row:
+    // #unclaimed adopts it for this VM at its next touch.
+    const pending = this.#own(req, cmd, raw);
+    let claimError: unknown;
+    if (fresh) {
+      try {
+        this.ownership.claim(req.instance, nvIndex, dataSize, auth);
+      } catch (err) {
+        claimError = err;
+      }
     }
+    const response = await pending.catch((err: unknown) => {
+      if (fresh && claimError === undefined) this.ownership.release(nvIndex);
+      throw err;
+    });
+    if (claimError !== undefined) throw claimError;
     const rc = response.readUInt32BE(6);
     if (rc !== TPM_RC.SUCCESS) {
       if (fresh) this.ownership.release(nvIndex);
     } else if (!fresh) {
       // The owner defined it again (its swtpm had lost it, e.g. TPM2_Clear): a new definition, new nonce, no grants.
-      this.ownership.claim(req.instance, nvIndex, dataSize);
+      this.ownership.claim(req.instance, nvIndex, dataSize, auth);
     }
     return { action: 'respond', response };
   }
 
-  async #ownerCommand(req: NvRequester, raw: Buffer, access: NvAccess, claim: OwnerClaim): Promise<PolicyDecision> {
-    if (access.kind === 'read') return FORWARD;
+  /**
+   * A managed index nobody claims. Normally it is simply absent and the VM's own swtpm says so. If the VM's
+   * swtpm does hold it, a crash fell between a define reaching swtpm and its claim committing (or an
+   * undefine's release committing and swtpm refusing it): the index is this VM's, and is adopted so.
+   */
+  async #unclaimed(req: NvRequester, cmd: ParsedCommand, raw: Buffer, access: NvAccess): Promise<PolicyDecision> {
+    const pub = await req.tpm.transact(nvReadPublicCommand(access.nvIndex!));
+    if (pub.readUInt32BE(6) !== TPM_RC.SUCCESS) return this.#forward(req, cmd);
+    const state = this.ownership.ownerState(access.nvIndex!);
+    if (state.kind === 'tampered' || (state.kind === 'owned' && state.claim.owner !== req.instance)) return respond(TPM_RC.NV_AUTHORIZATION);
+    const { nvPublic } = parseNvReadPublicResponse(parseResponse(pub, TPM_CC.NV_ReadPublic));
+    const claim = state.kind === 'owned' ? state.claim : this.ownership.claim(req.instance, access.nvIndex!, nvPublic.dataSize);
+    if (state.kind === 'none') this.#log(`vTPM ${req.instance}: adopted NV index 0x${access.nvIndex!.toString(16)}, found in its swtpm without an ownership row`);
+    return this.#ownerCommand(req, cmd, raw, access, claim);
+  }
+
+  #forward(req: NvRequester, cmd: ParsedCommand): PolicyDecision {
+    if (!req.sessions.wants(cmd)) return FORWARD;
+    return { action: 'forward', observe: (rsp) => req.sessions.observe(cmd, rsp) };
+  }
+
+  async #ownerCommand(req: NvRequester, cmd: ParsedCommand, raw: Buffer, access: NvAccess, claim: OwnerClaim): Promise<PolicyDecision> {
+    if (access.kind === 'read') return this.#forward(req, cmd);
     if (this.ownership.isShared(claim)) return respond(TPM_RC.NV_LOCKED);
-    if (access.op !== 'undefine' && access.op !== 'undefineSpecial') return FORWARD;
-    const response = await req.tpm.transact(raw);
-    if (response.readUInt32BE(6) === TPM_RC.SUCCESS) this.ownership.release(claim.nvIndex);
+    if (access.op === 'changeAuth') {
+      // Not shared, so no grantee depends on the old auth; the new one is recorded before the guest hears.
+      const response = await this.#own(req, cmd, raw);
+      if (response.readUInt32BE(6) === TPM_RC.SUCCESS) this.ownership.setAuth(claim, authInClear(cmd, access));
+      return { action: 'respond', response };
+    }
+    if (access.op !== 'undefine' && access.op !== 'undefineSpecial') return this.#forward(req, cmd);
+    // As for define: swtpm runs the undefine while the release commits; a refusal puts the row back (the
+    // index is not shared, so it had no grants). A crash in between leaves an index #unclaimed adopts.
+    const pending = this.#own(req, cmd, raw);
+    this.ownership.release(claim.nvIndex);
+    const response = await pending.catch((err: unknown) => {
+      this.ownership.reinstate(claim);
+      throw err;
+    });
+    if (response.readUInt32BE(6) !== TPM_RC.SUCCESS) this.ownership.reinstate(claim);
     return { action: 'respond', response };
   }
 
-  #foreignCommand(req: NvRequester, cmd: ParsedCommand, access: NvAccess, claim: OwnerClaim): PolicyDecision {
+  async #foreignCommand(req: NvRequester, cmd: ParsedCommand, access: NvAccess, claim: OwnerClaim): Promise<PolicyDecision> {
     const granted = this.ownership.hasGrant(claim, req.instance);
     if (!granted) return respond(access.op === 'readPublic' ? rcForHandle(TPM_RC.HANDLE, access.handlePosition! + 1) : TPM_RC.NV_AUTHORIZATION);
     if (access.kind === 'write') return respond(TPM_RC.NV_LOCKED);
     if (access.op !== 'read' && access.op !== 'readPublic') return respond(TPM_RC.NV_AUTHORIZATION);
     // The owner's hierarchy secrets are not the grantee's to use: only the index's own authorization.
     if (access.op === 'read' && access.authHandle !== claim.nvIndex) return respond(TPM_RC.NV_AUTHORIZATION);
-    const bound = cmd.sessions.findIndex((s) => s.handle !== TPM_RH.PW);
-    if (bound >= 0) return respond(TPM_RC_REFERENCE_S0 + bound);
     const owner = this.#endpoints.get(claim.owner);
+    const bound = cmd.sessions.findIndex((s) => s.handle !== TPM_RH.PW);
+    if (bound >= 0) {
+      // An HMAC session in the grantee's own swtpm: the proxy stands in for it where it can (nv-shared-read.ts).
+      if (access.op === 'read' && owner) {
+        const response = await sharedReadWithHmacSession({ cmd, access, claim, owner, guest: req.tpm, sessions: req.sessions });
+        if (response) return { action: 'respond', response };
+      }
+      return respond(TPM_RC_REFERENCE_S0 + bound);
+    }
     if (!owner) return respond(TPM_RC.NV_UNAVAILABLE);
     return { action: 'forward-to', instance: owner };
   }
+}
+
+/**
+ * The index authValue a define or change-auth carries, as the TPM stores it; undefined when a session
+ * decrypts the first parameter (the proxy sees ciphertext) and the auth stays the guest's secret.
+ */
+function authInClear(cmd: ParsedCommand, access: NvAccess): Buffer | undefined {
+  if (!access.auth || cmd.sessions.some((s) => s.attributes & TPMA_SESSION.DECRYPT)) return undefined;
+  return Buffer.from(stripTrailingZeros(access.auth));
 }

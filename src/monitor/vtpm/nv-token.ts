@@ -4,6 +4,7 @@
  * under the manager key, a host-level key only the monitor holds:
  *
  *   owner token  plaintext = owner instance (16) ‖ nvIndex (u32) ‖ dataSize (u16) ‖ nonce (16)
+ *                            [‖ authValue size (u8) ‖ authValue]   when the monitor saw the index's auth
  *                aad       = "vmseal/v1/nv-owner" ‖ nvIndex
  *   grant token  plaintext = owner instance (16) ‖ grantee instance (16) ‖ nvIndex (u32) ‖ owner nonce (16)
  *                aad       = "vmseal/v1/nv-grant" ‖ nvIndex ‖ grantee instance
@@ -34,7 +35,15 @@ export interface OwnerClaim {
   nvIndex: number;
   dataSize: number;
   nonce: Buffer;
+  /**
+   * The index's authValue (trailing zeros stripped, as the TPM keeps it) when the define or change-auth
+   * carried it in clear; the proxy needs it to answer a grantee's HMAC session (nv-shared-read.ts).
+   */
+  auth?: Buffer;
 }
+
+/** TPM2B_AUTH holds at most one digest of the largest hash. */
+const MAX_AUTH = 64;
 
 function instanceBytes(id: string): Buffer {
   if (!INSTANCE_ID.test(id)) throw new NvTokenError(`bad vTPM instance id ${JSON.stringify(id.slice(0, 40))}`);
@@ -67,17 +76,26 @@ function grantAad(nvIndex: number, grantee: string): Buffer {
 export function sealOwnerToken(managerKey: Buffer, c: Omit<OwnerClaim, 'nonce'>): { token: Buffer; nonce: Buffer } {
   if (!Number.isInteger(c.dataSize) || c.dataSize < 0 || c.dataSize > 0xffff) throw new NvTokenError(`dataSize ${c.dataSize}`);
   const nonce = randomBytes(NV_TOKEN_NONCE_BYTES);
+  return { token: sealOwnerTokenWith(managerKey, c, nonce), nonce };
+}
+
+/** An owner token for claim `c` with the given nonce (a new auth for the same definition keeps its nonce). */
+export function sealOwnerTokenWith(managerKey: Buffer, c: Omit<OwnerClaim, 'nonce'>, nonce: Buffer): Buffer {
+  if (c.auth && c.auth.length > MAX_AUTH) throw new NvTokenError(`authValue of ${c.auth.length} bytes`);
   const size = Buffer.alloc(2);
   size.writeUInt16BE(c.dataSize);
-  const plaintext = Buffer.concat([instanceBytes(c.owner), u32(c.nvIndex), size, nonce]);
-  return { token: seal(managerKey, plaintext, ownerAad(c.nvIndex)), nonce };
+  const auth = c.auth ? Buffer.concat([Buffer.from([c.auth.length]), c.auth]) : Buffer.alloc(0);
+  const plaintext = Buffer.concat([instanceBytes(c.owner), u32(c.nvIndex), size, nonce, auth]);
+  return seal(managerKey, plaintext, ownerAad(c.nvIndex));
 }
 
 /** Opens the owner token stored for `nvIndex`; throws NvTokenError if it was forged, altered or moved. */
 export function openOwnerToken(managerKey: Buffer, token: Uint8Array, nvIndex: number): OwnerClaim {
   const p = openOrRefuse(managerKey, token, ownerAad(nvIndex), `owner token of NV index 0x${nvIndex.toString(16)}`);
-  if (p.length !== OWNER_PLAINTEXT) throw new NvTokenError(`owner token of ${p.length} bytes`);
-  const claim = { owner: p.subarray(0, 16).toString('hex'), nvIndex: p.readUInt32BE(16), dataSize: p.readUInt16BE(20), nonce: Buffer.from(p.subarray(22)) };
+  const authSize = p.length > OWNER_PLAINTEXT ? p[OWNER_PLAINTEXT]! : 0;
+  if (p.length !== OWNER_PLAINTEXT && p.length !== OWNER_PLAINTEXT + 1 + authSize) throw new NvTokenError(`owner token of ${p.length} bytes`);
+  const claim: OwnerClaim = { owner: p.subarray(0, 16).toString('hex'), nvIndex: p.readUInt32BE(16), dataSize: p.readUInt16BE(20), nonce: Buffer.from(p.subarray(22, OWNER_PLAINTEXT)) };
+  if (p.length > OWNER_PLAINTEXT) claim.auth = Buffer.from(p.subarray(OWNER_PLAINTEXT + 1));
   if (claim.nvIndex !== nvIndex) throw new NvTokenError(`owner token names index 0x${claim.nvIndex.toString(16)}, not 0x${nvIndex.toString(16)}`);
   return claim;
 }

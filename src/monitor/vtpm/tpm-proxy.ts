@@ -25,7 +25,8 @@ import type { TpmEndpoint } from './tpm-channel.ts';
 /** swtpm's (and libtpms's) TPM_PT_MAX_COMMAND_SIZE. */
 export const PROXY_MAX_COMMAND_SIZE = 4096;
 
-export type PolicyDecision = { action: 'forward' } | { action: 'respond'; response: Buffer } | { action: 'forward-to'; instance: TpmEndpoint };
+/** `observe` sees the VM's own swtpm's response to a forwarded command before the guest does. */
+export type PolicyDecision = { action: 'forward'; observe?: (response: Buffer) => void } | { action: 'respond'; response: Buffer } | { action: 'forward-to'; instance: TpmEndpoint };
 
 /** Decides what happens to one well-formed guest command. Throwing answers TPM_RC_FAILURE. */
 export type CommandPolicy = (cmd: ParsedCommand, raw: Buffer) => PolicyDecision | Promise<PolicyDecision>;
@@ -262,6 +263,7 @@ export class TpmProxy {
       }
       this.stats.forwarded++;
       const rsp = await this.o.swtpm.tpm.transact(command);
+      decision.observe?.(rsp);
       if (cmd.commandCode === TPM_CC.Startup && this.#armed && rsp.length >= HEADER_SIZE && rsp.readUInt32BE(6) === TPM_RC.SUCCESS) {
         this.#armed = false;
         if (this.o.onFirstStartup) {
