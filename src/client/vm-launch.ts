@@ -4,9 +4,6 @@
  * certificate it relays against the pinned CA, seal the bundle to that host, launch, and keep the
  * VM only if the identity proof checks out.
  */
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { z } from 'zod';
 import { deriveVmKey } from '../crypto/keys.ts';
 import { launchResponseSchema } from '../formats/protocol/monitor-api.ts';
@@ -47,13 +44,6 @@ export interface LaunchedVm {
   name: string;
   vmId: string;
   hostId: string;
-}
-
-/** A zero-byte file in a fresh temporary directory. */
-async function emptyFile(): Promise<string> {
-  const path = join(await mkdtemp(join(tmpdir(), 'vmseal-launch-')), 'empty');
-  await writeFile(path, '');
-  return path;
 }
 
 const hostReplySchema = z.object({ hostId: z.string(), certificate: z.string().max(16_384) });
@@ -99,8 +89,8 @@ export async function launchVm(input: VmLaunchInput): Promise<LaunchedVm> {
   const initrdName = `i-${initrdSha256.slice(0, 32)}`;
   if (!input.relaunch) {
     await upload('image', input.name, input.imagePath);
-    // The monitor API names a sidecar for every launch; an XTS-only disk's is empty and never read.
-    await upload('sidecar', input.name, sidecar?.sidecarPath ?? (await emptyFile()));
+    // An XTS-only disk has no sidecar to upload; the launch then names none.
+    if (sidecar) await upload('sidecar', input.name, sidecar.sidecarPath);
   }
   await upload('kernel', kernelName, input.kernel);
   await upload('initrd', initrdName, input.initrd);

@@ -78,10 +78,16 @@ export async function startMgmt(opts: MgmtOptions): Promise<FastifyInstance> {
   app.post('/v1/vms', async (req, reply) => {
     const b = launchBody.safeParse(req.body);
     if (!b.success) return reply.code(400).send(bad(b.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')));
+    // An XTS-only disk has no sidecar; one stored under the image's name goes along (the bundle says which it needs).
+    const sidecar = storedPath(storage, 'sidecar', b.data.image);
+    const haveSidecar = await stat(sidecar).then(
+      (st) => st.isFile(),
+      () => false,
+    );
     return relay(reply, 'POST', '/v1/vms', {
       bundle: b.data.bundle,
       image: storedPath(storage, 'image', b.data.image),
-      sidecar: storedPath(storage, 'sidecar', b.data.image),
+      ...(haveSidecar ? { sidecar } : {}),
       kernel: storedPath(storage, 'kernel', b.data.kernel),
       initrd: storedPath(storage, 'initrd', b.data.initrd),
     });

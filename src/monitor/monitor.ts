@@ -38,7 +38,8 @@ import { VmDisk } from './measure/vm-disk.ts';
 
 export interface SealedDiskRequest {
   imagePath: string;
-  sidecarPath: string;
+  /** Absent for an XTS-only launch; a disk with an integrity tree is refused without one. */
+  sidecarPath?: string;
   bundle: LaunchBundle;
   keys: VmKeys;
   /** Integrity failures, a bad boot sector, a failed flush; the monitor logs them and stops the VM on BAD_KEY_OR_DISK. */
@@ -66,7 +67,7 @@ export interface MonitorOptions {
 export interface LaunchRequest {
   bundle: Buffer;
   image: string;
-  sidecar: string;
+  sidecar?: string;
   kernel: string;
   initrd: string;
 }

@@ -17,7 +17,8 @@ const storagePath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') 
 export const launchRequestSchema = z.strictObject({
   bundle: base64Blob(80 * 1024),
   image: storagePath,
-  sidecar: storagePath,
+  /** The integrity sidecar; an XTS-only disk (bundle `disk.integrity: 'none'`) has none. */
+  sidecar: storagePath.optional(),
   kernel: storagePath,
   initrd: storagePath,
 });

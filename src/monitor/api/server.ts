@@ -81,7 +81,7 @@ export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyI
       });
       const files = {
         image: await storageFile(storageRoot, body.image, 'image'),
-        sidecar: await storageFile(storageRoot, body.sidecar, 'sidecar'),
+        sidecar: body.sidecar === undefined ? undefined : await storageFile(storageRoot, body.sidecar, 'sidecar'),
         kernel: await storageFile(storageRoot, body.kernel, 'kernel'),
         initrd: await storageFile(storageRoot, body.initrd, 'initrd'),
       };

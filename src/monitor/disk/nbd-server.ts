@@ -2,9 +2,17 @@
  * NBD server on a unix socket: fixed-newstyle handshake, then the transmission phase for
  * one of the named exports. Every connection is independent; a misbehaving client loses
  * its own connection and nothing else.
+ *
+ * Each connection reads into one reused buffer (net.Socket's `onread`) instead of a new
+ * ArrayBuffer per read: at write speed those buffers are hundreds of MB/s of external memory,
+ * which in a process of any size (the monitor's) makes V8 run a full mark-compact several
+ * times a second. `onread` is only offered for sockets we construct, so connections are
+ * accepted here (fd-passing addon, non-blocking accept on the event loop) rather than by
+ * net.Server.
  */
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { createConnection, Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { chmod, lstat, unlink } from 'node:fs/promises';
+import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from '../vtpm/fd-passing.ts';
 import type { BlockBackend } from './backend.ts';
 import { ExportTable } from './nbd-exports.ts';
 import { HandshakeRefused, negotiate } from './nbd-handshake.ts';
@@ -24,9 +32,13 @@ export interface NbdServerOptions {
 
 /** How long close() lets clients take their last replies before cutting them off. */
 const CLOSE_GRACE_MS = 2000;
+/** Per-connection read buffer: one read takes up to this much (a few write payloads). */
+const READ_BUFFER = 256 * 1024;
 
 interface Connection {
   socket: Socket;
+  /** Where received bytes go: the handshake reader, then the session. Valid only during the call. */
+  sink: (chunk: Buffer) => void;
   session?: TransmissionSession;
 }
 
@@ -38,7 +50,8 @@ export class NbdServer {
   readonly #log: NbdLogger | undefined;
   readonly #limits: SessionLimits;
   readonly #connections = new Set<Connection>();
-  #server: Server | undefined;
+  #listenFd: number | undefined;
+  #watch: ReadableWatch | undefined;
   #closing = false;
 
   constructor(options: NbdServerOptions) {
@@ -54,20 +67,21 @@ export class NbdServer {
   }
 
   async listen(): Promise<void> {
-    if (this.#server || this.#closing) throw new Error('NbdServer.listen() may be called once');
+    if (this.#listenFd !== undefined || this.#closing) throw new Error('NbdServer.listen() may be called once');
     await removeStaleSocket(this.socketPath);
-    const server = createServer({ allowHalfOpen: true }, (socket) => this.#accept(socket));
-    this.#server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.socketPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
+    const fd = listenUnix(this.socketPath);
+    this.#listenFd = fd;
+    try {
+      // The run directory is 0700 already; this keeps the socket private even if it is not.
+      await chmod(this.socketPath, 0o600);
+    } catch (err) {
+      this.#stopListening();
+      throw err;
+    }
+    this.#watch = watchReadable(fd, (status) => {
+      if (status < 0) this.#log?.warn({ status }, 'NBD server socket poll error');
+      this.#acceptPending();
     });
-    // The run directory is 0700 already; this keeps the socket private even if it is not.
-    await chmod(this.socketPath, 0o600);
-    server.on('error', (err) => this.#log?.warn({ err }, 'NBD server socket error'));
     this.#log?.info({ socket: this.socketPath, exports: this.#exports.list().map((e) => e.name) }, 'NBD server listening');
   }
 
@@ -75,8 +89,7 @@ export class NbdServer {
   async close(): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
-    const server = this.#server;
-    const stopped = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    const listening = this.#stopListening();
     const gone = [...this.#connections].map(
       (c) =>
         new Promise<void>((resolve) => {
@@ -87,26 +100,63 @@ export class NbdServer {
           setTimeout(() => c.socket.destroy(), CLOSE_GRACE_MS).unref();
         }),
     );
-    await Promise.all([stopped, ...gone]);
-    if (server) await unlink(this.socketPath).catch(() => undefined);
+    await Promise.all(gone);
+    if (listening) await unlink(this.socketPath).catch(() => undefined);
   }
 
-  #accept(socket: Socket): void {
-    if (this.#closing) {
-      socket.destroy();
-      return;
+  /** Returns whether the server was listening. */
+  #stopListening(): boolean {
+    this.#watch?.stop();
+    this.#watch = undefined;
+    const fd = this.#listenFd;
+    this.#listenFd = undefined;
+    if (fd === undefined) return false;
+    closeFd(fd);
+    return true;
+  }
+
+  #acceptPending(): void {
+    for (;;) {
+      const fd = this.#listenFd;
+      if (fd === undefined) return;
+      let conn: number | undefined;
+      try {
+        conn = acceptConnection(fd);
+      } catch (err) {
+        // EMFILE and the like: this attempt fails, the server keeps listening.
+        this.#log?.warn({ err }, 'NBD accept failed');
+        return;
+      }
+      if (conn === undefined) return;
+      if (this.#closing) closeFd(conn);
+      else this.#accept(conn);
     }
+  }
+
+  #accept(fd: number): void {
+    let connection: Connection | undefined;
+    const onread: OnReadOpts = {
+      buffer: Buffer.allocUnsafe(READ_BUFFER),
+      callback: (n, buf) => {
+        connection?.sink(Buffer.from(buf.buffer, buf.byteOffset, n));
+        return true;
+      },
+    };
+    // Node's Socket constructor honours `onread` as connect() does; @types/node lists it only for connect.
+    const opts: SocketConstructorOpts & { onread: OnReadOpts } = { fd, allowHalfOpen: true, readable: true, writable: true, onread };
+    const socket = new Socket(opts);
+    connection = { socket, sink: () => undefined };
     this.stats.connections++;
-    const conn: Connection = { socket };
-    this.#connections.add(conn);
+    this.#connections.add(connection);
     socket.on('error', (err) => this.#log?.debug({ err }, 'NBD connection error'));
-    socket.on('close', () => this.#connections.delete(conn));
-    void this.#serve(conn);
+    socket.on('close', () => this.#connections.delete(connection!));
+    void this.#serve(connection);
   }
 
   async #serve(conn: Connection): Promise<void> {
     const { socket } = conn;
     const reader = new SocketReader(socket);
+    conn.sink = (chunk) => reader.push(chunk);
     try {
       const chosen = await negotiate(socket, reader, this.#exports);
       if (!chosen || this.#closing || socket.destroyed) {
@@ -115,6 +165,7 @@ export class NbdServer {
       }
       const session = new TransmissionSession(socket, chosen.export, chosen.structuredReplies, this.stats, this.#log, this.#limits);
       conn.session = session;
+      conn.sink = (chunk) => session.receive(chunk);
       session.start(reader.detach());
     } catch (err) {
       if (err instanceof HandshakeRefused) this.#log?.warn({ reason: err.message }, 'NBD handshake refused');

@@ -1,7 +1,9 @@
 /**
  * Exact-length reads over a socket for the handshake phase, where messages are small and
- * arrive one at a time. The transmission phase parses the stream itself (see
- * nbd-transmission.ts) and takes over whatever this reader has buffered via detach().
+ * arrive one at a time. Received bytes are handed in with push() (the server reads into one
+ * reused buffer, see nbd-server.ts), so they are copied here. The transmission phase parses
+ * the stream itself (see nbd-transmission.ts) and takes over whatever this reader has
+ * buffered via detach().
  */
 import type { Socket } from 'node:net';
 
@@ -30,7 +32,6 @@ export class SocketReader {
 
   constructor(socket: Socket) {
     this.#socket = socket;
-    socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
     socket.on('close', this.#onEnd);
   }
@@ -47,7 +48,6 @@ export class SocketReader {
 
   /** Stops reading and hands over the bytes received but not yet consumed. */
   detach(): Buffer[] {
-    this.#socket.off('data', this.#onData);
     this.#socket.off('end', this.#onEnd);
     this.#socket.off('close', this.#onEnd);
     const rest = this.#chunks;
@@ -68,12 +68,13 @@ export class SocketReader {
     });
   }
 
-  #onData = (chunk: Buffer): void => {
-    this.#chunks.push(chunk);
+  /** Bytes received; `chunk` may be reused by the caller once this returns. */
+  push(chunk: Buffer): void {
+    this.#chunks.push(Buffer.from(chunk));
     this.#buffered += chunk.length;
     this.#pump();
     if (this.#buffered > MAX_BUFFERED) this.#socket.pause();
-  };
+  }
 
   #onEnd = (): void => {
     this.#ended ??= new PeerClosedError('peer closed the connection');

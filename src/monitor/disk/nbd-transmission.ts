@@ -1,9 +1,10 @@
 /**
- * One connection's transmission phase. Requests are parsed straight from the socket's chunks
- * (a 28-byte header buffer; write payloads copied once into pooled buffers, or taken zero-copy
- * when a chunk holds them whole), run concurrently against the backend up to a bounded number
- * and size in flight, and answered as they finish, matched to their request by cookie.
- * Adjoining reads and writes that are already here are coalesced (see nbd-coalesce.ts).
+ * One connection's transmission phase. Requests are parsed straight from the received chunks
+ * (a 28-byte header buffer; write payloads copied once into pooled buffers), run concurrently
+ * against the backend up to a bounded number and size in flight, and answered as they finish,
+ * matched to their request by cookie. Adjoining reads and writes that are already here are
+ * coalesced (see nbd-coalesce.ts). A chunk is the server's reused read buffer (nbd-server.ts):
+ * whatever is still unparsed when receive() returns is copied.
  */
 import type { Socket } from 'node:net';
 import {
@@ -132,10 +133,6 @@ export class TransmissionSession {
   start(leftover: Buffer[]): void {
     const s = this.#socket;
     this.#backlog = leftover.filter((b) => b.length > 0);
-    s.on('data', (chunk: Buffer) => {
-      this.#backlog.push(chunk);
-      this.#process();
-    });
     s.on('drain', () => this.#process());
     // The client sends nothing more: answer what it sent, then close.
     s.on('end', () => {
@@ -146,7 +143,23 @@ export class TransmissionSession {
       this.#closed = true;
       this.#stopReading();
     });
+    // The handshake reader may have paused the socket; #process pauses it again if need be.
+    s.resume();
     this.#process();
+  }
+
+  /** Bytes received; `chunk` is only valid during this call. */
+  receive(chunk: Buffer): void {
+    if (this.#state === STOPPED || chunk.length === 0) return;
+    this.#backlog.push(chunk);
+    this.#process();
+    // Held back (too much in flight): keep what is left of it, since the caller reuses its memory.
+    const last = this.#backlog.length - 1;
+    if (last >= 0 && this.#backlog[last] === chunk) {
+      const from = last === 0 ? this.#pos : 0;
+      this.#backlog[last] = Buffer.from(chunk.subarray(from));
+      if (last === 0) this.#pos = 0;
+    }
   }
 
   /** Stops taking requests, lets those received finish and be answered, then closes. */
@@ -269,14 +282,7 @@ export class TransmissionSession {
       }
       return pos + n;
     }
-    if (this.#payload === undefined) {
-      if (avail >= need) {
-        this.#endPayload();
-        void this.#write(req, chunk.subarray(pos, pos + need), false);
-        return pos + need;
-      }
-      this.#payload = this.#pool.take(req.length);
-    }
+    this.#payload ??= this.#pool.take(req.length);
     chunk.copy(this.#payload, this.#payloadFill, pos, pos + n);
     this.#payloadFill += n;
     if (this.#payloadFill === req.length) {

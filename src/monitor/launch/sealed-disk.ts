@@ -27,6 +27,8 @@ export function sealedDiskOpener(db: MonitorDb): OpenSealedDisk {
       );
     }
     if (disk.integrityRoot === undefined) throw new RefusalError('TAMPER', 'the bundle has no integrity root');
+    // The management plane chooses what to name: withholding the tree must not turn the disk into XTS only.
+    if (req.sidecarPath === undefined) throw new RefusalError('TAMPER', 'the bundle seals a disk with an integrity tree, but the launch names no sidecar');
     const backend = await SealedBackend.open({
       imagePath: req.imagePath,
       sidecarPath: req.sidecarPath,
