@@ -1,38 +1,41 @@
-// Batch sector crypto for the sealed disk: AES-256-XTS and the integrity tree's leaf HMACs over many sectors
-// per call, so the per-call cost of Node's crypto API is paid once per batch instead of once per sector.
+// Batch sector crypto for the sealed disk: AES-256-XTS and the integrity tree's keyed BLAKE3 leaves over many
+// sectors per call, so the per-call cost of Node's crypto API is paid once per batch instead of once per sector.
 //
 // OpenSSL is Node's own (headers from the Node install, symbols exported by the node binary): nothing is
-// linked in, and the addon uses exactly the library Node's crypto module uses.
+// linked in, and the addon uses exactly the library Node's crypto module uses. BLAKE3 is the official C
+// implementation as Debian ships it (librust-blake3-dev, compiled in by binding.gyp), since OpenSSL has none.
 //
 // Every argument comes from JavaScript and is checked before any byte is touched; a bad one throws a
 // TypeError/RangeError, never aborts the process.
+// preadv2 and RWF_NOWAIT (xtsReadCached) are GNU extensions.
+#define _GNU_SOURCE
+// blake3_impl.h: the library's internal SIMD kernels, for the batched leaves (leaf_batch).
+#include <blake3_impl.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
-#include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define XTS_KEY_BYTES 64
 #define XTS_IV_BYTES 16
 #define MIN_SECTOR 512
 #define MAX_SECTOR 65536
-#define HASH_BYTES 32
-#define MIN_HMAC_KEY 16
-#define MAX_HMAC_KEY 64
-#define LEAF_HEADER 12
+#define HASH_BYTES BLAKE3_OUT_LEN
+#define INTEGRITY_KEY_BYTES BLAKE3_KEY_LEN
+#define LEAF_SUFFIX 12
+#define MAX_HASH_PARTS 8
 
 // Fetched once per Node environment (main thread or worker): an implicit fetch on every init would take
 // OpenSSL's method-store lock once per batch.
 typedef struct {
   EVP_CIPHER *xts;
-  EVP_MAC *hmac;
 } algorithms;
 
 typedef struct {
@@ -185,29 +188,104 @@ static napi_value xts_run(napi_env env, napi_callback_info info, int enc) {
 static napi_value xts_encrypt(napi_env env, napi_callback_info info) { return xts_run(env, info, 1); }
 static napi_value xts_decrypt(napi_env env, napi_callback_info info) { return xts_run(env, info, 0); }
 
-// hmacLeaves(key, firstSector: bigint, sectorSize, data, outLeaves):
-//   leaf_i = HMAC-SHA256(key, "leaf" || u64le(firstSector + i) || sector_i), written to outLeaves[32i..].
-static napi_value hmac_leaves(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
+// ---- The integrity tree's hash: keyed BLAKE3 ---------------------------------------------------------------
+
+#define TREE_SECTOR 4096
+
+// Leaves of `sectors` consecutive 4096-byte sectors numbered from `first`:
+//   leaf_n = BLAKE3-keyed(key, sector_n || "leaf" || u64le(n)),
+// into out[32i..]; or, with `expected`, compared with expected[32i..] instead, flags[i] = 1 for a mismatch,
+// counted in *bad. The sector comes first so that its 4096 bytes are four whole BLAKE3 chunks; a 12-byte prefix
+// shifts every chunk boundary and cost 60% of the speed here (0.87 against 2.2 GB/s per core).
+//
+// blake3_hasher would hash one message's four chunks four-wide. Here LEAF_BATCH messages go through BLAKE3's
+// SIMD kernel (blake3_hash_many, from the library's blake3_impl.h) together: chunk c of every message at once
+// (all have chunk counter c), then their parent nodes, which is 16-wide with AVX-512 and nearly doubles the
+// rate (1.85 -> 3.4 GB/s per core, measured). The 4108-byte message is five chunks, so by BLAKE3's tree rule
+// its root is parent(parent(parent(c0, c1), parent(c2, c3)), c4), where c4 is the 12-byte suffix chunk. The
+// result is plain keyed BLAKE3 of the message, tested against b3sum.
+#define LEAF_BATCH 16
+static void leaf_batch(const uint32_t key_words[8], uint64_t first, const uint8_t *data, size_t n, uint8_t *out) {
+  const uint8_t *inputs[2 * LEAF_BATCH];
+  uint8_t chunk_cvs[4][LEAF_BATCH * HASH_BYTES];
+  uint8_t blocks[2 * LEAF_BATCH][BLAKE3_BLOCK_LEN];
+  uint8_t parents[2 * LEAF_BATCH * HASH_BYTES];
+  for (uint8_t c = 0; c < 4; c++) {
+    for (size_t s = 0; s < n; s++) inputs[s] = data + s * TREE_SECTOR + (size_t)c * BLAKE3_CHUNK_LEN;
+    blake3_hash_many(inputs, n, BLAKE3_CHUNK_LEN / BLAKE3_BLOCK_LEN, key_words, c, false, KEYED_HASH, CHUNK_START, CHUNK_END, chunk_cvs[c]);
+  }
+  // parent(c0, c1) for every message, then parent(c2, c3), in one call.
+  for (size_t s = 0; s < n; s++) {
+    memcpy(blocks[s], chunk_cvs[0] + s * HASH_BYTES, HASH_BYTES);
+    memcpy(blocks[s] + HASH_BYTES, chunk_cvs[1] + s * HASH_BYTES, HASH_BYTES);
+    memcpy(blocks[n + s], chunk_cvs[2] + s * HASH_BYTES, HASH_BYTES);
+    memcpy(blocks[n + s] + HASH_BYTES, chunk_cvs[3] + s * HASH_BYTES, HASH_BYTES);
+    inputs[s] = blocks[s];
+    inputs[n + s] = blocks[n + s];
+  }
+  blake3_hash_many(inputs, 2 * n, 1, key_words, 0, false, KEYED_HASH | PARENT, 0, 0, parents);
+  for (size_t s = 0; s < n; s++) {
+    memcpy(blocks[s], parents + s * HASH_BYTES, HASH_BYTES);
+    memcpy(blocks[s] + HASH_BYTES, parents + (n + s) * HASH_BYTES, HASH_BYTES);
+  }
+  blake3_hash_many(inputs, n, 1, key_words, 0, false, KEYED_HASH | PARENT, 0, 0, parents);
+  // The suffix chunk (one 12-byte block, chunk counter 4), then the root: parent(left four chunks, suffix chunk).
+  for (size_t s = 0; s < n; s++) {
+    uint8_t suffix[BLAKE3_BLOCK_LEN] = {'l', 'e', 'a', 'f'};
+    const uint64_t index = first + s;
+    for (int b = 0; b < 8; b++) suffix[4 + b] = (uint8_t)(index >> (8 * b));
+    uint32_t cv[8];
+    memcpy(cv, key_words, sizeof cv);
+    blake3_compress_in_place(cv, suffix, LEAF_SUFFIX, 4, KEYED_HASH | CHUNK_START | CHUNK_END);
+    memcpy(blocks[s], parents + s * HASH_BYTES, HASH_BYTES);
+    for (int w = 0; w < 8; w++) store32(blocks[s] + HASH_BYTES + 4 * w, cv[w]);
+  }
+  blake3_hash_many(inputs, n, 1, key_words, 0, false, KEYED_HASH | PARENT | ROOT, 0, 0, out);
+}
+
+static void leaves_of(const uint8_t key[INTEGRITY_KEY_BYTES], uint64_t first, const uint8_t *data, size_t sectors, uint8_t *out,
+                      const uint8_t *expected, uint8_t *flags, uint32_t *bad) {
+  uint32_t key_words[8];
+  load_key_words(key, key_words);
+  uint8_t leaves[LEAF_BATCH * HASH_BYTES];
+  for (size_t at = 0; at < sectors; at += LEAF_BATCH) {
+    const size_t n = sectors - at < LEAF_BATCH ? sectors - at : LEAF_BATCH;
+    uint8_t *dst = expected ? leaves : out + at * HASH_BYTES;
+    leaf_batch(key_words, first + at, data + at * TREE_SECTOR, n, dst);
+    for (size_t i = 0; expected && i < n; i++) {
+      flags[at + i] = CRYPTO_memcmp(leaves + i * HASH_BYTES, expected + (at + i) * HASH_BYTES, HASH_BYTES) != 0;
+      *bad += flags[at + i];
+    }
+  }
+  OPENSSL_cleanse(key_words, sizeof key_words);
+}
+
+static bool get_integrity_key(napi_env env, napi_value v, bytes *key) {
+  if (!get_bytes(env, v, "integrity key", key)) return false;
+  if (key->length != INTEGRITY_KEY_BYTES) {
+    throw_range(env, "integrity key must be 32 bytes (a BLAKE3 key)");
+    return false;
+  }
+  return true;
+}
+
+// treeLeaves(key, firstSector: bigint, data, outLeaves): the leaves of data's 4096-byte sectors, the first one
+// numbered firstSector, written to outLeaves[32i..].
+static napi_value tree_leaves(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
   algorithms *algs = NULL;
-  if (!get_args(env, info, 5, argv, &algs)) return NULL;
+  if (!get_args(env, info, 4, argv, &algs)) return NULL;
   bytes key, data, out;
   uint64_t first;
-  uint32_t sector_size;
-  if (!get_bytes(env, argv[0], "key", &key) || !get_u64(env, argv[1], "firstSector", &first) ||
-      !get_sector_size(env, argv[2], &sector_size) || !get_bytes(env, argv[3], "data", &data) ||
-      !get_bytes(env, argv[4], "outLeaves", &out)) {
+  if (!get_integrity_key(env, argv[0], &key) || !get_u64(env, argv[1], "firstSector", &first) || !get_bytes(env, argv[2], "data", &data) ||
+      !get_bytes(env, argv[3], "outLeaves", &out)) {
     return NULL;
   }
-  if (key.length < MIN_HMAC_KEY || key.length > MAX_HMAC_KEY) {
-    throw_range(env, "integrity key must be 16..64 bytes");
+  if (data.length % TREE_SECTOR != 0) {
+    throw_range(env, "data length is not a multiple of 4096");
     return NULL;
   }
-  if (data.length % sector_size != 0) {
-    throw_range(env, "data length is not a multiple of sectorSize");
-    return NULL;
-  }
-  size_t sectors = data.length / sector_size;
+  const size_t sectors = data.length / TREE_SECTOR;
   if (out.length / HASH_BYTES < sectors) {
     throw_range(env, "outLeaves is smaller than 32 bytes per sector");
     return NULL;
@@ -217,23 +295,34 @@ static napi_value hmac_leaves(napi_env env, napi_callback_info info) {
     throw_range(env, "sector range is beyond 2^64");
     return NULL;
   }
+  leaves_of(key.data, first, data.data, sectors, out.data, NULL, NULL, NULL);
+  return NULL;
+}
 
-  char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
-  EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(algs->hmac);
-  bool ok = ctx != NULL && EVP_MAC_init(ctx, key.data, key.length, params) == 1;
-  uint8_t header[LEAF_HEADER] = {'l', 'e', 'a', 'f'};
-  for (size_t s = 0; ok && s < sectors; s++) {
-    uint64_t n = first + s;
-    for (int b = 0; b < 8; b++) header[4 + b] = (uint8_t)(n >> (8 * b));
-    size_t written = 0;
-    // A NULL key re-initialises with the key set above (OpenSSL keeps the padded-key digests).
-    ok = (s == 0 || EVP_MAC_init(ctx, NULL, 0, NULL) == 1) && EVP_MAC_update(ctx, header, sizeof header) == 1 &&
-         EVP_MAC_update(ctx, data.data + s * (size_t)sector_size, sector_size) == 1 &&
-         EVP_MAC_final(ctx, out.data + s * HASH_BYTES, &written, HASH_BYTES) == 1 && written == HASH_BYTES;
+// blake3Keyed(key, out, ...parts): out (32 bytes) = BLAKE3-keyed(key, parts[0] || parts[1] || ...), for the tree's
+// nodes and root, which node:crypto cannot hash. At most MAX_HASH_PARTS parts.
+static napi_value blake3_keyed(napi_env env, napi_callback_info info) {
+  napi_value argv[2 + MAX_HASH_PARTS + 1];
+  size_t argc = sizeof argv / sizeof argv[0];  // one more than allowed, to notice too many
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 2 || argc > 2 + MAX_HASH_PARTS) {
+    throw_type(env, "blake3Keyed takes a key, an output and up to 8 parts");
+    return NULL;
   }
-  EVP_MAC_CTX_free(ctx);
-  if (!ok) throw_range(env, "OpenSSL HMAC-SHA256 failed");
+  bytes key, out, parts[MAX_HASH_PARTS];
+  if (!get_integrity_key(env, argv[0], &key) || !get_bytes(env, argv[1], "out", &out)) return NULL;
+  if (out.length != HASH_BYTES) {
+    throw_range(env, "out must be 32 bytes");
+    return NULL;
+  }
+  for (size_t i = 2; i < argc; i++) {
+    if (!get_bytes(env, argv[i], "part", &parts[i - 2])) return NULL;
+  }
+  blake3_hasher h;
+  blake3_hasher_init_keyed(&h, key.data);
+  for (size_t i = 2; i < argc; i++) blake3_hasher_update(&h, parts[i - 2].data, parts[i - 2].length);
+  blake3_hasher_finalize(&h, out.data, HASH_BYTES);
+  OPENSSL_cleanse(&h, sizeof h);
   return NULL;
 }
 
@@ -242,7 +331,6 @@ static napi_value hmac_leaves(napi_env env, napi_callback_info info) {
 // on the caller's buffers (held by references until the callback), so the main thread neither copies nor
 // computes, and both cores work when several requests are in flight.
 
-#define TREE_SECTOR 4096
 #define JOB_XTS_READ 0
 #define JOB_XTS_WRITE 1
 #define JOB_OPEN 2
@@ -258,8 +346,7 @@ typedef struct {
   napi_ref callback, data_ref, out_ref, leaves_ref;
   int kind;
   uint8_t xts_key[XTS_KEY_BYTES];
-  uint8_t hmac_key[MAX_HMAC_KEY];
-  size_t hmac_key_len;
+  uint8_t integrity_key[INTEGRITY_KEY_BYTES];
   uint64_t first_sector;  // in 4096-byte tree sectors
   uint32_t ess;           // the image's encryption sector size
   int fd;
@@ -285,34 +372,6 @@ static bool xts_sectors(algorithms *algs, const uint8_t *key, uint64_t first, ui
   }
   EVP_CIPHER_CTX_free(ctx);
   OPENSSL_cleanse(iv, sizeof iv);
-  return ok;
-}
-
-// Leaf i of len bytes (whole tree sectors) from tree sector `first`; with `expected`, compares instead of
-// storing and sets flags[i] to 1 for a sector that does not match, counting them in *bad.
-static bool leaves_of(algorithms *algs, const uint8_t *key, size_t key_len, uint64_t first, const uint8_t *data, size_t len,
-                      uint8_t *out, const uint8_t *expected, uint8_t *flags, uint32_t *bad) {
-  char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
-  EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(algs->hmac);
-  bool ok = ctx != NULL && EVP_MAC_init(ctx, key, key_len, params) == 1;
-  uint8_t header[LEAF_HEADER] = {'l', 'e', 'a', 'f'};
-  uint8_t leaf[HASH_BYTES];
-  const size_t sectors = len / TREE_SECTOR;
-  for (size_t s = 0; ok && s < sectors; s++) {
-    uint64_t n = first + s;
-    for (int b = 0; b < 8; b++) header[4 + b] = (uint8_t)(n >> (8 * b));
-    size_t written = 0;
-    uint8_t *dst = expected ? leaf : out + s * HASH_BYTES;
-    ok = (s == 0 || EVP_MAC_init(ctx, NULL, 0, NULL) == 1) && EVP_MAC_update(ctx, header, sizeof header) == 1 &&
-         EVP_MAC_update(ctx, data + s * TREE_SECTOR, TREE_SECTOR) == 1 && EVP_MAC_final(ctx, dst, &written, HASH_BYTES) == 1 &&
-         written == HASH_BYTES;
-    if (ok && expected) {
-      flags[s] = CRYPTO_memcmp(leaf, expected + s * HASH_BYTES, HASH_BYTES) != 0;
-      *bad += flags[s];
-    }
-  }
-  EVP_MAC_CTX_free(ctx);
   return ok;
 }
 
@@ -361,16 +420,14 @@ static void job_execute(napi_env env, void *arg) {
       // fall through - verify and decrypt what was read
     case JOB_OPEN:
       // Every sector is checked first; nothing is decrypted unless all of them matched.
-      if (!leaves_of(a, j->hmac_key, j->hmac_key_len, j->first_sector, j->data.data, j->data.length, NULL, j->leaves.data, j->out.data, &j->bad) ||
-          (j->bad == 0 && !xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->data.data, j->data.length, 0))) {
+      leaves_of(j->integrity_key, j->first_sector, j->data.data, j->data.length / TREE_SECTOR, NULL, j->leaves.data, j->out.data, &j->bad);
+      if (j->bad == 0 && !xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->data.data, j->data.length, 0)) {
         j->status = STATUS_CRYPTO_FAILED;
       }
       break;
     case JOB_SEAL:
-      if (!xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->out.data, j->data.length, 1) ||
-          !leaves_of(a, j->hmac_key, j->hmac_key_len, j->first_sector, j->out.data, j->data.length, j->leaves.data, NULL, NULL, NULL)) {
-        j->status = STATUS_CRYPTO_FAILED;
-      }
+      if (!xts_sectors(a, j->xts_key, j->first_sector, j->ess, j->data.data, j->out.data, j->data.length, 1)) j->status = STATUS_CRYPTO_FAILED;
+      else leaves_of(j->integrity_key, j->first_sector, j->out.data, j->data.length / TREE_SECTOR, j->leaves.data, NULL, NULL, NULL);
       break;
   }
 }
@@ -382,7 +439,7 @@ static void job_free(napi_env env, job *j) {
   if (j->out_ref) napi_delete_reference(env, j->out_ref);
   if (j->leaves_ref) napi_delete_reference(env, j->leaves_ref);
   OPENSSL_cleanse(j->xts_key, sizeof j->xts_key);
-  OPENSSL_cleanse(j->hmac_key, sizeof j->hmac_key);
+  OPENSSL_cleanse(j->integrity_key, sizeof j->integrity_key);
   OPENSSL_free(j);
 }
 
@@ -399,7 +456,7 @@ static void job_complete(napi_env env, napi_status status, void *arg) {
   job_free(env, j);
 }
 
-// sectorJob(kind, xtsKey, hmacKey, firstSector, ess, fd, position, data, out, leaves, callback(status, bad)):
+// sectorJob(kind, xtsKey, integrityKey, firstSector, ess, fd, position, data, out, leaves, callback(status, bad)):
 //   XTS_READ  pread data.length bytes at position into data, decrypt in place;
 //   XTS_WRITE encrypt data into out, pwrite out at position;
 //   OPEN      leaves of data compared with leaves (expected), out[i] = 1 for a mismatch; decrypt in place if none;
@@ -414,9 +471,9 @@ static napi_value sector_job(napi_env env, napi_callback_info info) {
   uint32_t kind, ess, fd_u;
   uint64_t first;
   double position = 0;
-  bytes xts_key, hmac_key, data, out, leaves;
+  bytes xts_key, integrity_key, data, out, leaves;
   napi_valuetype cb_type;
-  if (!get_u32(env, argv[0], "kind", &kind) || !get_bytes(env, argv[1], "xtsKey", &xts_key) || !get_bytes(env, argv[2], "hmacKey", &hmac_key) ||
+  if (!get_u32(env, argv[0], "kind", &kind) || !get_bytes(env, argv[1], "xtsKey", &xts_key) || !get_bytes(env, argv[2], "integrityKey", &integrity_key) ||
       !get_u64(env, argv[3], "firstSector", &first) || !get_sector_size(env, argv[4], &ess) || !get_u32(env, argv[5], "fd", &fd_u) ||
       !get_bytes(env, argv[7], "data", &data) || !get_bytes(env, argv[8], "out", &out) || !get_bytes(env, argv[9], "leaves", &leaves)) {
     return NULL;
@@ -443,8 +500,8 @@ static napi_value sector_job(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const bool hashes = kind == JOB_OPEN || kind == JOB_SEAL || kind == JOB_READ_OPEN;
-  if (hashes && (hmac_key.length < MIN_HMAC_KEY || hmac_key.length > MAX_HMAC_KEY)) {
-    throw_range(env, "integrity key must be 16..64 bytes");
+  if (hashes && integrity_key.length != INTEGRITY_KEY_BYTES) {
+    throw_range(env, "integrity key must be 32 bytes (a BLAKE3 key)");
     return NULL;
   }
   if (data.length == 0 || data.length % TREE_SECTOR != 0 || data.length > INT32_MAX) {
@@ -481,10 +538,7 @@ static napi_value sector_job(napi_env env, napi_callback_info info) {
   j->algs = algs;
   j->kind = (int)kind;
   memcpy(j->xts_key, xts_key.data, XTS_KEY_BYTES);
-  if (hashes) {
-    memcpy(j->hmac_key, hmac_key.data, hmac_key.length);
-    j->hmac_key_len = hmac_key.length;
-  }
+  if (hashes) memcpy(j->integrity_key, integrity_key.data, INTEGRITY_KEY_BYTES);
   j->first_sector = first;
   j->ess = ess;
   j->fd = (int)fd_u;
@@ -504,12 +558,74 @@ static napi_value sector_job(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// A safe non-negative integer passed as a JS number.
+static bool get_safe_uint(napi_env env, napi_value v, const char *name, int64_t *out) {
+  double d = 0;
+  char msg[96];
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d <= 9007199254740991.0) || d != (double)(int64_t)d) {
+    snprintf(msg, sizeof msg, "%s must be a safe non-negative integer", name);
+    throw_range(env, msg);
+    return false;
+  }
+  *out = (int64_t)d;
+  return true;
+}
+
+// xtsReadCached(xtsKey, ess, fd, position, firstSector: number, data) -> 0 | errno: the XTS_READ job done right
+// here on the calling thread, but only if the disk need not be waited for: preadv2(RWF_NOWAIT) takes the bytes
+// from the page cache or fails with EAGAIN. 0 means data holds the plaintext; anything else (EAGAIN: not all
+// cached, EOPNOTSUPP: the file system cannot tell, or a real error) promises nothing about data, and the caller
+// runs the job, which reports errors. A small read costs less CPU done here than its thread-pool round trip
+// (queue lock, futex wake of a pool thread, eventfd wake of the loop, the context switches between them).
+static napi_value xts_read_cached(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  algorithms *algs = NULL;
+  if (!get_args(env, info, 6, argv, &algs)) return NULL;
+  bytes key, data;
+  uint32_t ess, fd_u;
+  int64_t position, first;
+  if (!get_bytes(env, argv[0], "xtsKey", &key) || !get_sector_size(env, argv[1], &ess) || !get_u32(env, argv[2], "fd", &fd_u) ||
+      !get_safe_uint(env, argv[3], "position", &position) || !get_safe_uint(env, argv[4], "firstSector", &first) ||
+      !get_bytes(env, argv[5], "data", &data)) {
+    return NULL;
+  }
+  if (ess > TREE_SECTOR) {
+    throw_range(env, "encryption sector size must not exceed 4096");
+    return NULL;
+  }
+  if (key.length != XTS_KEY_BYTES || CRYPTO_memcmp(key.data, key.data + XTS_KEY_BYTES / 2, XTS_KEY_BYTES / 2) == 0) {
+    throw_range(env, "xts key must be 64 bytes with differing halves");
+    return NULL;
+  }
+  if (data.length == 0 || data.length % TREE_SECTOR != 0 || data.length > INT32_MAX) {
+    throw_range(env, "data must be a positive whole number of 4096-byte sectors");
+    return NULL;
+  }
+  // firstSector < 2^53, so the 512-byte tweak count stays far below 2^64.
+  if (fd_u > INT32_MAX) {
+    throw_range(env, "fd is out of range");
+    return NULL;
+  }
+  int status = 0;
+  for (size_t done = 0; status == 0 && done < data.length;) {
+    struct iovec iov = {data.data + done, data.length - done};
+    ssize_t n = preadv2((int)fd_u, &iov, 1, (off_t)(position + (int64_t)done), RWF_NOWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) status = errno;
+    else if (n == 0) status = EIO;  // end of file: the job says so properly
+    else done += (size_t)n;
+  }
+  if (status == 0 && !xts_sectors(algs, key.data, (uint64_t)first, ess, data.data, data.data, data.length, 0)) status = EIO;
+  napi_value result;
+  if (napi_create_int32(env, status, &result) != napi_ok) return NULL;
+  return result;
+}
+
 static void free_algorithms(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   algorithms *algs = data;
   EVP_CIPHER_free(algs->xts);
-  EVP_MAC_free(algs->hmac);
   OPENSSL_free(algs);
 }
 
@@ -520,11 +636,16 @@ NAPI_MODULE_INIT() {
     return NULL;
   }
   algs->xts = EVP_CIPHER_fetch(NULL, "AES-256-XTS", NULL);
-  algs->hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-  if (algs->xts == NULL || algs->hmac == NULL) {
+  if (algs->xts == NULL) {
     free_algorithms(env, algs, NULL);
-    napi_throw_error(env, NULL, "sector crypto: OpenSSL has no AES-256-XTS or HMAC");
+    napi_throw_error(env, NULL, "sector crypto: OpenSSL has no AES-256-XTS");
     return NULL;
+  }
+  // BLAKE3 detects the CPU's SIMD level on first use and caches it in an unsynchronised global: detect it here,
+  // on the loading thread, before pool threads hash concurrently.
+  {
+    uint8_t zero[TREE_SECTOR] = {0}, leaf[HASH_BYTES];
+    leaves_of(zero, 0, zero, 1, leaf, NULL, NULL, NULL);
   }
   if (napi_set_instance_data(env, algs, free_algorithms, NULL) != napi_ok) {
     free_algorithms(env, algs, NULL);
@@ -534,8 +655,10 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"xtsEncrypt", NULL, xts_encrypt, NULL, NULL, NULL, napi_enumerable, algs},
       {"xtsDecrypt", NULL, xts_decrypt, NULL, NULL, NULL, napi_enumerable, algs},
-      {"hmacLeaves", NULL, hmac_leaves, NULL, NULL, NULL, napi_enumerable, algs},
+      {"treeLeaves", NULL, tree_leaves, NULL, NULL, NULL, napi_enumerable, algs},
+      {"blake3Keyed", NULL, blake3_keyed, NULL, NULL, NULL, napi_enumerable, algs},
       {"sectorJob", NULL, sector_job, NULL, NULL, NULL, napi_enumerable, algs},
+      {"xtsReadCached", NULL, xts_read_cached, NULL, NULL, NULL, napi_enumerable, algs},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -15,12 +15,12 @@ fi
 
 # Debian packages the whole project uses: QEMU and its tools, swtpm, the guest's building blocks,
 # the independent tools the tests use as oracles, and what node-gyp needs to build the native
-# addons (ours in native/, and better-sqlite3).
+# addons (ours in native/, which compiles BLAKE3's C code from librust-blake3-dev, and better-sqlite3).
 PACKAGES=(
   qemu-system-x86 qemu-utils swtpm swtpm-tools tpm2-tools busybox-static cpio e2fsprogs
   cryptsetup-bin libnbd-bin python3-libnbd fio nbdkit ntfs-3g attr xz-utils lz4 zstd gzip
-  bpftool ima-evm-utils
-  g++ make python3
+  bpftool ima-evm-utils b3sum
+  g++ make python3 librust-blake3-dev
 )
 
 missing=()

@@ -1,9 +1,9 @@
 /**
  * Typed access to the native sector-crypto addon (native/sector_crypto.c, built by node-gyp into
- * build/Release during `npm ci`): OpenSSL's AES-256-XTS and the integrity tree's leaf HMACs over many sectors
- * per call. It computes exactly what XtsCipher (xts.ts) and TreeHasher.leaves (integrity-tree.ts) compute;
- * those stay the reference implementations (test/crypto/native.test.ts compares them) and the client-side
- * sealer's path. The addon is loaded on first use so that importing this module never fails by itself.
+ * build/Release during `npm ci`): OpenSSL's AES-256-XTS and the integrity tree's keyed BLAKE3 leaves over many
+ * sectors per call, and keyed BLAKE3 itself (node:crypto has none). The XTS functions compute exactly what
+ * XtsCipher (xts.ts) computes, which stays their reference (test/crypto/native.test.ts compares them); BLAKE3
+ * is tested against b3sum. The addon is loaded on first use so that importing this module never fails by itself.
  */
 import { loadNativeAddon } from './native-addon.ts';
 import type { SectorNumber } from './xts.ts';
@@ -11,11 +11,12 @@ import type { SectorNumber } from './xts.ts';
 interface Addon {
   xtsEncrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
   xtsDecrypt(key: Uint8Array, firstIv: bigint, ivStep: number, sectorSize: number, data: Uint8Array, out: Uint8Array): void;
-  hmacLeaves(key: Uint8Array, firstSector: bigint, sectorSize: number, data: Uint8Array, outLeaves: Uint8Array): void;
+  treeLeaves(key: Uint8Array, firstSector: bigint, data: Uint8Array, outLeaves: Uint8Array): void;
+  blake3Keyed(key: Uint8Array, out: Uint8Array, ...parts: Uint8Array[]): void;
   sectorJob(
     kind: number,
     xtsKey: Uint8Array,
-    hmacKey: Uint8Array,
+    integrityKey: Uint8Array,
     firstSector: bigint,
     encryptionSectorSize: number,
     fd: number,
@@ -25,6 +26,7 @@ interface Addon {
     leaves: Uint8Array,
     callback: (status: number, bad: number) => void,
   ): void;
+  xtsReadCached(xtsKey: Uint8Array, encryptionSectorSize: number, fd: number, position: number, firstSector: number, data: Uint8Array): number;
 }
 
 /** plain64 counts 512-byte units whatever the sector size (see xts.ts). */
@@ -58,9 +60,24 @@ export function xtsDecryptNative(key: Uint8Array, firstIv: bigint, ivStep: numbe
   load().xtsDecrypt(key, firstIv, ivStep, sectorSize, data, out);
 }
 
-/** leaf_i = HMAC-SHA256(key, "leaf" ‖ u64le(firstSector + i) ‖ sector_i) for each sector, into outLeaves[32i..]. */
-export function hmacLeavesNative(key: Uint8Array, firstSector: SectorNumber, sectorSize: number, data: Uint8Array, outLeaves: Uint8Array): void {
-  load().hmacLeaves(key, toBigSector(firstSector, 'hmacLeaves: sector'), sectorSize, data, outLeaves);
+/**
+ * The integrity tree's leaves of the 4096-byte sectors in `data` (docs/sealed-disk.md), into outLeaves[32i..]:
+ * leaf_n = BLAKE3-keyed(key, sector_n ‖ "leaf" ‖ u64le(n)), n = firstSector + i. `key` is 32 bytes.
+ */
+export function treeLeavesNative(key: Uint8Array, firstSector: SectorNumber, data: Uint8Array, outLeaves: Uint8Array): void {
+  load().treeLeaves(key, toBigSector(firstSector, 'treeLeaves: sector'), data, outLeaves);
+}
+
+/** BLAKE3 in keyed mode (32-byte key) over the concatenated parts (at most 8), 32 bytes written to `out`. */
+export function blake3KeyedInto(out: Uint8Array, key: Uint8Array, ...parts: Uint8Array[]): void {
+  load().blake3Keyed(key, out, ...parts);
+}
+
+/** BLAKE3 in keyed mode (32-byte key) over the concatenated parts: the 32-byte hash. */
+export function blake3Keyed(key: Uint8Array, ...parts: Uint8Array[]): Buffer {
+  const out = Buffer.alloc(32);
+  blake3KeyedInto(out, key, ...parts);
+  return out;
 }
 
 /** XtsCipher's interface (AES-256-XTS, LUKS2 plain64 tweaks) on the native path. */
@@ -110,10 +127,10 @@ function jobError(status: number, what: string): Error {
   return Object.assign(new Error(`${what}: I/O error (errno ${status})`), { errno: status, code: status === 28 ? 'ENOSPC' : 'EIO' });
 }
 
-function sectorJob(kind: number, xtsKey: Uint8Array, hmacKey: Uint8Array, firstSector: number, ess: number, fd: number, position: number, data: Uint8Array, out: Uint8Array, leaves: Uint8Array): Promise<number> {
+function sectorJob(kind: number, xtsKey: Uint8Array, integrityKey: Uint8Array, firstSector: number, ess: number, fd: number, position: number, data: Uint8Array, out: Uint8Array, leaves: Uint8Array): Promise<number> {
   const a = load();
   return new Promise((resolve, reject) => {
-    a.sectorJob(kind, xtsKey, hmacKey, toBigSector(firstSector, 'sector job: sector'), ess, fd, position, data, out, leaves, (status, bad) => {
+    a.sectorJob(kind, xtsKey, integrityKey, toBigSector(firstSector, 'sector job: sector'), ess, fd, position, data, out, leaves, (status, bad) => {
       if (status === 0) resolve(bad);
       else reject(jobError(status, 'sector job'));
     });
@@ -123,12 +140,21 @@ function sectorJob(kind: number, xtsKey: Uint8Array, hmacKey: Uint8Array, firstS
 /**
  * Whole-request sector work on libuv's thread pool, on the caller's buffers without copies (they must stay
  * untouched until the promise settles). Sectors count 4096-byte units; `ess` is the image's XTS data unit (4096,
- * or 512 for LUKS1), whose plain64 tweak counts 512-byte units. Computes what XtsCipher and TreeHasher compute.
+ * or 512 for LUKS1), whose plain64 tweak counts 512-byte units. Computes what XtsCipher and treeLeavesNative
+ * compute; `integrityKey` is the 32-byte BLAKE3 key.
  */
 export const sectorJobs = {
   /** pread `data.length` bytes at `position`, then decrypt them in place. */
   xtsRead(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array): Promise<void> {
     return sectorJob(JOB.xtsRead, key, NONE, firstSector, ess, fd, position, data, NONE, NONE).then(() => undefined);
+  },
+  /**
+   * xtsRead() done at once on this thread, if every byte is in the page cache (nothing waits for the disk).
+   * Returns 0 when `data` holds the plaintext; otherwise an errno (EAGAIN: not cached; EOPNOTSUPP: the file
+   * system cannot tell) and `data` holds anything: run xtsRead(), which reports real errors.
+   */
+  xtsReadCached(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array): number {
+    return load().xtsReadCached(key, ess, fd, position, firstSector, data);
   },
   /** Encrypt `plain` into `scratch` (same length or longer, not overlapping), then pwrite it at `position`. */
   xtsWrite(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, plain: Uint8Array, scratch: Uint8Array): Promise<void> {
@@ -138,15 +164,15 @@ export const sectorJobs = {
    * Checks every sector's leaf against expected[32i..]; flags[i] becomes 1 where it does not match. Decrypts
    * `data` in place only if all matched. Resolves with the number of mismatches.
    */
-  open(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
-    return sectorJob(JOB.open, xtsKey, hmacKey, firstSector, ess, -1 >>> 0, 0, data, flags, expected);
+  open(xtsKey: Uint8Array, integrityKey: Uint8Array, ess: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
+    return sectorJob(JOB.open, xtsKey, integrityKey, firstSector, ess, -1 >>> 0, 0, data, flags, expected);
   },
   /** pread `data.length` bytes at `position` into `data`, then open() them. */
-  readOpen(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
-    return sectorJob(JOB.readOpen, xtsKey, hmacKey, firstSector, ess, fd, position, data, flags, expected);
+  readOpen(xtsKey: Uint8Array, integrityKey: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array, expected: Uint8Array, flags: Uint8Array): Promise<number> {
+    return sectorJob(JOB.readOpen, xtsKey, integrityKey, firstSector, ess, fd, position, data, flags, expected);
   },
   /** Encrypts `plain` into `ciphertext` and writes the ciphertext's leaves to `leaves`. */
-  seal(xtsKey: Uint8Array, hmacKey: Uint8Array, ess: number, firstSector: number, plain: Uint8Array, ciphertext: Uint8Array, leaves: Uint8Array): Promise<void> {
-    return sectorJob(JOB.seal, xtsKey, hmacKey, firstSector, ess, -1 >>> 0, 0, plain, ciphertext, leaves).then(() => undefined);
+  seal(xtsKey: Uint8Array, integrityKey: Uint8Array, ess: number, firstSector: number, plain: Uint8Array, ciphertext: Uint8Array, leaves: Uint8Array): Promise<void> {
+    return sectorJob(JOB.seal, xtsKey, integrityKey, firstSector, ess, -1 >>> 0, 0, plain, ciphertext, leaves).then(() => undefined);
   },
 };

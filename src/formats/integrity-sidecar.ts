@@ -4,7 +4,7 @@
  * zeros to whole 4096-byte nodes of 128 hashes.
  *
  *   offset 0   16  magic "VMSEAL-INTEGRIT1"
- *          16   4  version = 1 (u32 LE)
+ *          16   4  version = 2 (u32 LE): the tree's hash is keyed BLAKE3 (version 1 was HMAC-SHA256)
  *          20   4  sector size = 4096 (u32 LE)
  *          24   8  sector count n (u64 LE)
  *          32   4  arity = 128 (u32 LE)
@@ -17,7 +17,7 @@
  */
 
 export const SIDECAR_MAGIC = 'VMSEAL-INTEGRIT1';
-export const SIDECAR_VERSION = 1;
+export const SIDECAR_VERSION = 2;
 export const SIDECAR_HEADER_BYTES = 4096;
 export const SIDECAR_SECTOR_BYTES = 4096;
 export const SIDECAR_ARITY = 128;
@@ -90,6 +90,11 @@ export function decodeSidecarHeader(h: Buffer): number {
   if (h.length < SIDECAR_HEADER_BYTES) throw new SidecarFormatError(`sidecar header is ${h.length} bytes, expected ${SIDECAR_HEADER_BYTES}`);
   if (!h.subarray(0, 16).equals(MAGIC_BYTES)) throw new SidecarFormatError('not an integrity sidecar (bad magic)');
   const version = h.readUInt32LE(16);
+  if (version === 1) {
+    throw new SidecarFormatError(
+      'sidecar version 1 (HMAC-SHA256 tree) is no longer supported: re-seal the image, i.e. rebuild its sidecar as version 2 (BLAKE3) with `vmseal image import --force` or `vmseal image seal`, then launch it again (`vmseal vm launch` rebuilds the sidecar itself)',
+    );
+  }
   if (version !== SIDECAR_VERSION) throw new SidecarFormatError(`sidecar version ${version} is not supported (only ${SIDECAR_VERSION})`);
   const sectorSize = h.readUInt32LE(20);
   if (sectorSize !== SIDECAR_SECTOR_BYTES) throw new SidecarFormatError(`sidecar sector size ${sectorSize}, expected ${SIDECAR_SECTOR_BYTES}`);

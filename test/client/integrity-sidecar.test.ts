@@ -8,6 +8,7 @@ import { IntegrityTree, TreeHasher } from '../../src/crypto/integrity-tree.ts';
 import { deriveVmKey } from '../../src/crypto/keys.ts';
 import { decodeSidecarHeader, sidecarGeometry } from '../../src/formats/integrity-sidecar.ts';
 import { IntegritySidecarWriter, buildSidecarForImage, sidecarPathFor } from '../../src/client/integrity-sidecar-writer.ts';
+import { b3sumKeyed, u32le, u64le } from '../crypto/b3sum-oracle.ts';
 
 async function workDir(t: { after(fn: () => Promise<void>): void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'vmseal-sidecar-'));
@@ -25,7 +26,7 @@ function expectedSidecar(vk: Buffer, ciphertext: Buffer): { bytes: Buffer; root:
   const g = sidecarGeometry(n);
   const bytes = Buffer.alloc(g.fileSize);
   bytes.write('VMSEAL-INTEGRIT1', 0, 'ascii');
-  bytes.writeUInt32LE(1, 16);
+  bytes.writeUInt32LE(2, 16);
   bytes.writeUInt32LE(4096, 20);
   bytes.writeBigUInt64LE(BigInt(n), 24);
   bytes.writeUInt32LE(128, 32);
@@ -55,6 +56,24 @@ test('the streaming writer produces the documented file and root, however the ci
     assert.equal((await stat(path)).mode & 0o777, 0o600);
   }
   assert.deepEqual((await readdir(dir)).filter((f) => f.endsWith('.partial')), []);
+});
+
+test('a one-sector sidecar and its root, recomputed hash by hash with b3sum from the key schedule', async (t) => {
+  const dir = await workDir(t);
+  const vk = randomBytes(64);
+  const key = deriveVmKey(vk, 'integrity');
+  const ciphertext = randomBytes(4096);
+  const path = join(dir, 'one');
+  const w = await IntegritySidecarWriter.create(path, vk, 1);
+  await w.add(0, ciphertext);
+  const root = await w.finish();
+  const [leaf] = b3sumKeyed(key, [Buffer.concat([ciphertext, Buffer.from('leaf'), u64le(0)])]);
+  const [top] = b3sumKeyed(key, [Buffer.concat([Buffer.from('node'), u32le(1), u64le(0), leaf!])]);
+  const [want] = b3sumKeyed(key, [Buffer.concat([Buffer.from('root'), u64le(1), top!])]);
+  assert.deepEqual(root, want);
+  const bytes = await readFile(path);
+  assert.deepEqual(bytes.subarray(4096, 4096 + 32), leaf);
+  assert.deepEqual(bytes.subarray(8192, 8192 + 32), top);
 });
 
 test('buildSidecarForImage reads the payload after the offset; refuses partial sectors and existing files', { timeout: 60_000 }, async (t) => {

@@ -1,28 +1,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { createBLAKE3 } from 'hash-wasm';
 import { IntegrityTree, TreeHasher, integrityImageId, treeLevelEntries } from '../../src/crypto/integrity-tree.ts';
+import { b3sumKeyed, u32le, u64le } from './b3sum-oracle.ts';
 
 const KEY = randomBytes(32);
 
-// The oracle: the doc's definitions written out plainly with createHmac, one call per hash.
-function u64(n: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(BigInt(n));
-  return b;
-}
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n);
-  return b;
-}
-const hmac = (...parts: Buffer[]): Buffer => {
-  const h = createHmac('sha256', KEY);
-  for (const p of parts) h.update(p);
-  return h.digest();
+// The oracle for whole trees: the doc's definitions written out plainly with hash-wasm's BLAKE3 (an independent
+// WebAssembly implementation), one call per hash. The definitions themselves are checked against b3sum below.
+const wasm = await createBLAKE3(256, KEY);
+const b3 = (...parts: Buffer[]): Buffer => {
+  wasm.init();
+  for (const p of parts) wasm.update(p);
+  return Buffer.from(wasm.digest('binary'));
 };
-const refLeaf = (i: number, ct: Buffer): Buffer => hmac(Buffer.from('leaf'), u64(i), ct);
-const refNode = (level: number, index: number, children: Buffer[]): Buffer => hmac(Buffer.from('node'), u32(level), u64(index), ...children);
+const refNode = (level: number, index: number, children: Buffer[]): Buffer => b3(Buffer.from('node'), u32le(level), u64le(index), ...children);
 /** Root over leaf hashes, level by level, as docs/sealed-disk.md defines it. */
 function refRoot(leaves: Buffer[]): Buffer {
   let level = leaves;
@@ -33,7 +26,7 @@ function refRoot(leaves: Buffer[]): Buffer {
     for (let j = 0; j * 128 < level.length; j++) next.push(refNode(k, j, level.slice(j * 128, j * 128 + 128)));
     level = next;
   } while (level.length > 1);
-  return hmac(Buffer.from('root'), u64(leaves.length), level[0]!);
+  return b3(Buffer.from('root'), u64le(leaves.length), level[0]!);
 }
 
 function flip(b: Buffer, at: number, mask: number): void {
@@ -44,26 +37,39 @@ function leafBuffer(leaves: Buffer[]): Buffer {
   return Buffer.concat(leaves);
 }
 
-test('leaf, node and root hashes match HMAC-SHA256 as the doc defines them, 64-bit indexes included', () => {
+test('leaf, node and root hashes match keyed BLAKE3 (b3sum) as the doc defines them, 64-bit indexes included', () => {
   const h = new TreeHasher(KEY);
   const ct = randomBytes(3 * 4096);
   const out = Buffer.alloc(3 * 32 + 5);
   const far = 2 ** 40 + 7; // beyond 32 bits: both halves of the u64 matter
   h.leaves(far, ct, out, 5);
-  for (let i = 0; i < 3; i++) assert.deepEqual(out.subarray(5 + i * 32, 5 + (i + 1) * 32), refLeaf(far + i, ct.subarray(i * 4096, (i + 1) * 4096)));
-
   const children = [randomBytes(32), randomBytes(32), randomBytes(32)];
-  const node = Buffer.alloc(32);
-  h.node(3, 2 ** 33 + 1, Buffer.concat(children), node, 0);
-  assert.deepEqual(node, refNode(3, 2 ** 33 + 1, children));
+  const node = Buffer.alloc(32 + 3);
+  h.node(3, 2 ** 33 + 1, Buffer.concat(children), node, 3);
   const top = randomBytes(32);
-  assert.deepEqual(h.root(65536, top), hmac(Buffer.from('root'), u64(65536), top));
+  const fullNode = Array.from({ length: 128 }, () => randomBytes(32));
+  const node2 = Buffer.alloc(32);
+  h.node(1, 0, Buffer.concat(fullNode), node2, 0);
+
+  const want = b3sumKeyed(KEY, [
+    ...[0, 1, 2].map((i) => Buffer.concat([ct.subarray(i * 4096, (i + 1) * 4096), Buffer.from('leaf'), u64le(far + i)])),
+    Buffer.concat([Buffer.from('node'), u32le(3), u64le(2 ** 33 + 1), ...children]),
+    Buffer.concat([Buffer.from('root'), u64le(65536), top]),
+    Buffer.concat([Buffer.from('node'), u32le(1), u64le(0), ...fullNode]),
+  ]);
+  assert.deepEqual(out.subarray(5), Buffer.concat(want.slice(0, 3)));
+  assert.deepEqual(node.subarray(3), want[3]);
+  assert.deepEqual(h.root(65536, top), want[4]);
+  assert.deepEqual(node2, want[5]);
+  // The whole-tree oracle below agrees with b3sum.
+  assert.deepEqual(refNode(3, 2 ** 33 + 1, children), want[3]);
 
   assert.throws(() => h.leaves(0, Buffer.alloc(100), out), RangeError);
   assert.throws(() => h.leaves(0, Buffer.alloc(8192), Buffer.alloc(32)), RangeError);
   assert.throws(() => h.node(1, 0, Buffer.alloc(0), node, 0), RangeError);
   assert.throws(() => h.node(1, 0, Buffer.alloc(4096 + 32), node, 0), RangeError);
   assert.throws(() => new TreeHasher(Buffer.alloc(8)), RangeError);
+  assert.throws(() => new TreeHasher(Buffer.alloc(64)), /32 bytes/);
 });
 
 test('a leaf binds its position: the same ciphertext hashes differently at another sector', () => {

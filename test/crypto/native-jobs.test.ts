@@ -72,6 +72,16 @@ test('seal equals XtsCipher + TreeHasher; open verifies every sector and decrypt
   assert.deepEqual([...flags], [0, 0, 1, 0, 0, 1]);
   // Nothing was decrypted: the buffer still holds the (tampered) ciphertext.
   assert.ok(tampered.subarray(0, 2 * S).equals(ct.subarray(0, 2 * S)));
+  // Mismatches are flagged in every SIMD batch of 16 sectors, not only the first.
+  const many = randomBytes(40 * S);
+  const manyCt = Buffer.alloc(many.length);
+  const manyLeaves = Buffer.alloc(40 * 32);
+  await sectorJobs.seal(key, ik, 4096, first, many, manyCt, manyLeaves);
+  manyCt[17 * S + 5]! ^= 1;
+  manyCt[39 * S + 4095]! ^= 0x80;
+  const manyFlags = Buffer.alloc(40, 9);
+  assert.equal(await sectorJobs.open(key, ik, 4096, first, manyCt, manyLeaves, manyFlags), 2);
+  assert.deepEqual([...manyFlags.keys()].filter((i) => manyFlags[i] !== 0), [17, 39]);
   // A sector moved to another place fails: the index is in the leaf.
   const moved = Buffer.from(ct.subarray(0, S));
   assert.equal(await sectorJobs.open(key, ik, 4096, first + 1, moved, leaves.subarray(32), flags), 1);

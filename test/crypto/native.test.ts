@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCipheriv, randomBytes } from 'node:crypto';
-import { NativeXtsCipher, hmacLeavesNative, xtsDecryptNative, xtsEncryptNative } from '../../src/crypto/native.ts';
+import { NativeXtsCipher, blake3Keyed, blake3KeyedInto, treeLeavesNative, xtsDecryptNative, xtsEncryptNative } from '../../src/crypto/native.ts';
 import { XtsCipher } from '../../src/crypto/xts.ts';
-import { TreeHasher } from '../../src/crypto/integrity-tree.ts';
+import { b3sumKeyed, u64le } from './b3sum-oracle.ts';
 
 const T = { timeout: 30_000 };
 
@@ -56,17 +56,39 @@ test('native XTS follows the LUKS2 plain64 rule: 4096-byte sector k has IV 8k, c
   assert.ok(raw.equals(plain));
 });
 
-test('native leaves equal TreeHasher.leaves byte for byte', T, () => {
-  for (const keyLength of [16, 32, 64]) {
-    const key = randomBytes(keyLength);
-    const data = randomBytes(4096 * 9);
-    for (const first of [0, 3, 2 ** 32 + 5, Number.MAX_SAFE_INTEGER - 20]) {
-      const want = Buffer.alloc(9 * 32);
-      new TreeHasher(key).leaves(first, data, want, 0);
-      const got = Buffer.alloc(9 * 32 + 8, 0xaa);
-      hmacLeavesNative(key, first, 4096, data, got);
-      assert.ok(got.subarray(0, 9 * 32).equals(want), `key ${keyLength} bytes, first sector ${first}`);
-      assert.ok(got.subarray(9 * 32).equals(Buffer.alloc(8, 0xaa)), 'nothing written past the leaves');
+test('blake3Keyed equals b3sum --keyed: empty, 1 byte, around the 1024-byte chunk, 4096, many chunks', T, () => {
+  const key = randomBytes(32);
+  const sizes = [0, 1, 63, 64, 65, 1023, 1024, 1025, 2048, 4096, 4108, 4112, 8193, 65536 + 7, 1_000_003];
+  const inputs = sizes.map((n) => randomBytes(n));
+  const want = b3sumKeyed(key, inputs);
+  inputs.forEach((data, i) => {
+    assert.deepEqual(blake3Keyed(key, data), want[i], `${sizes[i]} bytes`);
+    // Split into parts anywhere: the hash is over their concatenation.
+    const cut1 = Math.floor(data.length / 3);
+    const cut2 = Math.floor((2 * data.length) / 3) + (data.length > 1 ? 1 : 0);
+    const parts = [data.subarray(0, cut1), Buffer.alloc(0), data.subarray(cut1, cut2), data.subarray(cut2)];
+    assert.deepEqual(blake3Keyed(key, ...parts), want[i], `${sizes[i]} bytes in parts`);
+  });
+  // The key matters: the same input under another key is another hash (and b3sum agrees).
+  const other = randomBytes(32);
+  assert.deepEqual(blake3Keyed(other, inputs[9]!), b3sumKeyed(other, [inputs[9]!])[0]);
+  assert.notDeepEqual(blake3Keyed(other, inputs[9]!), want[9]);
+});
+
+test('treeLeavesNative: leaf_n = BLAKE3-keyed(K, sector ‖ "leaf" ‖ u64le(n)), checked with b3sum, 64-bit sector numbers', T, () => {
+  const key = randomBytes(32);
+  // 1..16 sectors are hashed as one SIMD batch; 37 is two full batches and a partial one.
+  for (const count of [1, 5, 16, 17, 37]) {
+    const data = randomBytes(4096 * count);
+    for (const first of [0, 3, 2 ** 32 - 2, Number.MAX_SAFE_INTEGER - 40]) {
+      const got = Buffer.alloc(count * 32 + 8, 0xaa);
+      treeLeavesNative(key, first, data, got);
+      const want = b3sumKeyed(
+        key,
+        Array.from({ length: count }, (_, i) => Buffer.concat([data.subarray(i * 4096, (i + 1) * 4096), Buffer.from('leaf'), u64le(BigInt(first) + BigInt(i))])),
+      );
+      assert.deepEqual(got.subarray(0, count * 32), Buffer.concat(want), `${count} sectors from ${first}`);
+      assert.ok(got.subarray(count * 32).equals(Buffer.alloc(8, 0xaa)), 'nothing written past the leaves');
     }
   }
 });
@@ -90,12 +112,17 @@ test('bad arguments throw clear errors and write nothing', T, () => {
     ['data a wider typed array', () => xtsEncryptNative(key, 0n, 8, 4096, new Uint32Array(1024) as unknown as Buffer, out), /data must be a Buffer/],
     ['missing out', () => (xtsEncryptNative as unknown as (...a: unknown[]) => void)(key, 0n, 8, 4096, data), /out must be a Buffer/],
     ['sector beyond IV range', () => new NativeXtsCipher(key).encryptSectors(1n << 62n, 4096, data, out), /64-bit IV range/],
-    ['leaf key too short', () => hmacLeavesNative(key.subarray(0, 8), 0, 4096, data, out), /16\.\.64 bytes/],
-    ['leaf key too long', () => hmacLeavesNative(Buffer.alloc(65, 1), 0, 4096, data, out), /16\.\.64 bytes/],
-    ['leaf output too small', () => hmacLeavesNative(key, 0, 4096, Buffer.alloc(8192), Buffer.alloc(63)), /outLeaves is smaller/],
-    ['leaf data misaligned', () => hmacLeavesNative(key, 0, 4096, Buffer.alloc(4097), out), /not a multiple of sectorSize/],
-    ['leaf sector unsafe', () => hmacLeavesNative(key, 2 ** 60, 4096, data, out), /not a safe integer/],
-    ['leaf sector negative', () => hmacLeavesNative(key, -1, 4096, data, out), /negative/],
+    ['leaf key too short', () => treeLeavesNative(key.subarray(0, 31), 0, data, out), /integrity key must be 32 bytes/],
+    ['leaf key too long', () => treeLeavesNative(key.subarray(0, 33), 0, data, out), /integrity key must be 32 bytes/],
+    ['leaf output too small', () => treeLeavesNative(key.subarray(0, 32), 0, Buffer.alloc(8192), Buffer.alloc(63)), /outLeaves is smaller/],
+    ['leaf data misaligned', () => treeLeavesNative(key.subarray(0, 32), 0, Buffer.alloc(4097), out), /not a multiple of 4096/],
+    ['leaf sector unsafe', () => treeLeavesNative(key.subarray(0, 32), 2 ** 60, data, out), /not a safe integer/],
+    ['leaf sector negative', () => treeLeavesNative(key.subarray(0, 32), -1, data, out), /negative/],
+    ['blake3 key too short', () => blake3KeyedInto(out.subarray(0, 32), key.subarray(0, 16), data), /integrity key must be 32 bytes/],
+    ['blake3 key not bytes', () => blake3KeyedInto(out.subarray(0, 32), 'k'.repeat(32) as unknown as Buffer, data), /must be a Buffer/],
+    ['blake3 output not 32 bytes', () => blake3KeyedInto(out.subarray(0, 31), key.subarray(0, 32), data), /out must be 32 bytes/],
+    ['blake3 part not bytes', () => blake3KeyedInto(out.subarray(0, 32), key.subarray(0, 32), data, 7 as unknown as Buffer), /part must be a Buffer/],
+    ['blake3 too many parts', () => blake3KeyedInto(out.subarray(0, 32), key.subarray(0, 32), ...Array.from({ length: 9 }, () => data)), /up to 8 parts/],
   ];
   for (const [name, run, message] of cases) {
     assert.throws(run, message, name);
@@ -106,7 +133,7 @@ test('bad arguments throw clear errors and write nothing', T, () => {
 test('empty input is a no-op', T, () => {
   const out = Buffer.alloc(16, 1);
   xtsEncryptNative(randomBytes(64), 0n, 8, 4096, Buffer.alloc(0), out);
-  hmacLeavesNative(randomBytes(32), 0, 4096, Buffer.alloc(0), out);
+  treeLeavesNative(randomBytes(32), 0, Buffer.alloc(0), out);
   assert.ok(out.equals(Buffer.alloc(16, 1)));
 });
 

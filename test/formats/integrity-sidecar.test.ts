@@ -56,7 +56,7 @@ test('header: exact layout, round trip', () => {
   const h = encodeSidecarHeader(65536);
   assert.equal(h.length, SIDECAR_HEADER_BYTES);
   assert.equal(h.subarray(0, 16).toString('ascii'), 'VMSEAL-INTEGRIT1');
-  assert.equal(h.readUInt32LE(16), 1);
+  assert.equal(h.readUInt32LE(16), 2);
   assert.equal(h.readUInt32LE(20), 4096);
   assert.equal(h.readBigUInt64LE(24), 65536n);
   assert.equal(h.readUInt32LE(32), 128);
@@ -77,7 +77,10 @@ test('hostile headers are refused with a clear error', () => {
     ['short', good.subarray(0, 4095), /header is 4095 bytes/],
     ['empty', Buffer.alloc(0), /header is 0 bytes/],
     ['magic', mutate((h) => (h[15] = 0x32)), /bad magic/],
-    ['version', mutate((h) => h.writeUInt32LE(2, 16)), /version 2/],
+    ['version 0', mutate((h) => h.writeUInt32LE(0, 16)), /version 0 is not supported \(only 2\)/],
+    ['version 3', mutate((h) => h.writeUInt32LE(3, 16)), /version 3 is not supported \(only 2\)/],
+    // A version 1 (HMAC-SHA256) sidecar: told apart from damage, with what to do about it.
+    ['version 1', mutate((h) => h.writeUInt32LE(1, 16)), /version 1 \(HMAC-SHA256 tree\) is no longer supported: re-seal the image/],
     ['sector size', mutate((h) => h.writeUInt32LE(512, 20)), /sector size 512/],
     ['arity', mutate((h) => h.writeUInt32LE(64, 32)), /arity 64/],
     ['zero sectors', mutate((h) => h.writeBigUInt64LE(0n, 24)), /sector count 0 /],

@@ -7,11 +7,11 @@
  * (4096 for our images, 512 for LUKS1 imports); the plain64 tweak counts 512-byte units either way, which
  * NativeXtsCipher handles given the sector size.
  *
- * Both steps run in the native addon (crypto/native.ts: OpenSSL over the whole batch in one call), which is
- * tested byte for byte against the TypeScript XtsCipher and TreeHasher that the client-side sealer uses.
+ * Both steps run in the native addon (crypto/native.ts: OpenSSL's XTS and keyed BLAKE3 over the whole batch in
+ * one call), tested against the TypeScript XtsCipher and against b3sum.
  */
-import { TREE_HASH_BYTES, TREE_SECTOR_BYTES } from '../../crypto/integrity-tree.ts';
-import { hmacLeavesNative, NativeXtsCipher, sectorJobs } from '../../crypto/native.ts';
+import { TREE_HASH_BYTES, TREE_KEY_BYTES, TREE_SECTOR_BYTES } from '../../crypto/integrity-tree.ts';
+import { NativeXtsCipher, sectorJobs, treeLeavesNative } from '../../crypto/native.ts';
 
 export type EncryptionSectorSize = 512 | 4096;
 
@@ -35,8 +35,8 @@ export class SectorCrypto {
     if (keys.encryptionSectorSize !== 512 && keys.encryptionSectorSize !== 4096) {
       throw new RangeError(`encryption sector size must be 512 or 4096, got ${String(keys.encryptionSectorSize)}`);
     }
-    if (keys.integrityKey.length < 16 || keys.integrityKey.length > 64) {
-      throw new RangeError(`integrity key must be 16..64 bytes, got ${keys.integrityKey.length}`);
+    if (keys.integrityKey.length !== TREE_KEY_BYTES) {
+      throw new RangeError(`integrity key must be ${TREE_KEY_BYTES} bytes, got ${keys.integrityKey.length}`);
     }
     this.#xts = new NativeXtsCipher(keys.volumeKey);
     this.#volumeKey = Buffer.from(keys.volumeKey);
@@ -48,7 +48,7 @@ export class SectorCrypto {
   /** Encrypts `plain` (sectors from `firstSector`) into `ciphertext` and writes their leaves to leaves[at..]. */
   seal(firstSector: number, plain: Buffer, ciphertext: Buffer, leaves: Buffer, at = 0): void {
     this.#xts.encryptSectors(firstSector * this.#unitsPerSector, this.#ess, plain, ciphertext);
-    hmacLeavesNative(this.#integrityKey, firstSector, TREE_SECTOR_BYTES, ciphertext, leaves.subarray(at));
+    treeLeavesNative(this.#integrityKey, firstSector, ciphertext, leaves.subarray(at));
   }
 
   /**
@@ -60,7 +60,7 @@ export class SectorCrypto {
     const count = ciphertext.length / TREE_SECTOR_BYTES;
     const need = count * TREE_HASH_BYTES;
     if (this.#scratch.length < need) this.#scratch = Buffer.alloc(need);
-    hmacLeavesNative(this.#integrityKey, firstSector, TREE_SECTOR_BYTES, ciphertext, this.#scratch);
+    treeLeavesNative(this.#integrityKey, firstSector, ciphertext, this.#scratch);
     const bad: number[] = [];
     for (let i = 0; i < count; i++) {
       const at = i * TREE_HASH_BYTES;

@@ -1,0 +1,2 @@
+// BLAKE3's AVX512 code for x86-64, from Debian's librust-blake3-dev (see blake3_lib.c).
+#include <blake3_avx512_x86-64_unix.S>
