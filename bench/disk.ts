@@ -9,11 +9,12 @@
  *
  * Tools: `qemu-img bench` 64 KiB depth 16, sequential read and write; fio's nbd engine, 4 KiB random
  * read and write at depth 32. Fairness as in nbd-plain: every server uses the page cache and no
- * per-write sync, and neither client sends flushes. The sealed disk is the exception by design: its
- * write-back buffer (32 MiB) makes data, tree and root durable (fdatasync, SQLite commit) whenever it
- * fills, and that cost is part of what this measures. Before timing, `qemu-img compare` proves every
- * export serves the same bytes as the raw file. Passes rotate the order of the targets each round;
- * the best pass is reported (other load can only slow a pass down), the median beside it.
+ * per-write sync, and neither client sends flushes. The sealed disk, too, syncs only on FLUSH and FUA,
+ * but each spill of its write-back buffer (at 16 of 32 MiB) first commits a record of the spilled
+ * sectors' leaves to SQLite (one small fsync); that cost is part of what this measures. Before timing,
+ * `qemu-img compare` proves every export serves the same bytes as the raw file. Passes rotate the
+ * order of the targets each round; the best pass is reported (other load can only slow a pass down), the
+ * median beside it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, copyFileSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';

@@ -37,7 +37,7 @@ test('a database from a newer monitor is refused, not misread', async (t) => {
   assert.throws(() => MonitorDb.open(path), /newer than this monitor/);
 });
 
-test('roots and pending flushes: each step checks the state it expects', async (t) => {
+test('roots and pending writes: each step checks the state it expects', async (t) => {
   const dir = await tempDir(t, 'vmseal-db-');
   const db = MonitorDb.open(join(dir, 'monitor.db'));
   t.after(() => db.close());
@@ -50,20 +50,45 @@ test('roots and pending flushes: each step checks the state it expects', async (
   assert.throws(() => db.imageRoot('not-an-id'), MonitorDbError);
   assert.throws(() => db.adoptImageRoot('b'.repeat(32), Buffer.alloc(31)), /32 bytes/);
 
-  const pending = { oldRoot: r0, newRoot: r1, sectors: [3, 7, 2 ** 40], oldLeaves: randomBytes(96), newLeaves: randomBytes(96) };
-  assert.throws(() => db.recordPendingFlush(ID, { ...pending, oldRoot: r1 }), /not the one this flush started from/);
-  assert.throws(() => db.recordPendingFlush(ID, { ...pending, sectors: [7, 3, 9] }), /ascending/);
-  assert.throws(() => db.recordPendingFlush(ID, { ...pending, newLeaves: randomBytes(64) }), /one 32-byte old and new leaf/);
-  assert.throws(() => db.commitFlush(ID, r0, r1), /no pending flush/);
-  db.recordPendingFlush(ID, pending);
-  assert.deepEqual(db.pendingFlush(ID), pending);
-  assert.throws(() => db.recordPendingFlush(ID, pending), /already has a pending flush/);
-  assert.throws(() => db.commitFlush(ID, r1, r1), /not the one this flush started from/);
+  const first = { sectors: [3, 7, 2 ** 40], oldLeaves: randomBytes(96), newLeaves: randomBytes(96) };
+  const second = { sectors: [7], oldLeaves: first.newLeaves.subarray(32, 64), newLeaves: randomBytes(32) };
+  assert.throws(() => db.recordPendingWrites(ID, r1, first), /not the one these writes started from/);
+  assert.throws(() => db.recordPendingWrites(ID, r0, { ...first, sectors: [7, 3, 9] }), /ascending/);
+  assert.throws(() => db.recordPendingWrites(ID, r0, { ...first, newLeaves: randomBytes(64) }), /one 32-byte old and new leaf/);
+  assert.throws(() => db.commitRoot(ID, r0, r1), /no pending writes/);
+  assert.deepEqual(db.pendingWrites(ID), []);
+  // Several spills between two commits: records kept in order.
+  db.recordPendingWrites(ID, r0, first);
+  db.recordPendingWrites(ID, r0, second);
+  assert.deepEqual(db.pendingWrites(ID), [first, second]);
+  assert.throws(() => db.commitRoot(ID, r1, r1), /not the one these writes started from/);
   assert.deepEqual(db.imageRoot(ID), r0, 'a refused step changes nothing');
-  db.commitFlush(ID, r0, r1);
+  assert.equal(db.pendingWrites(ID).length, 2);
+  db.commitRoot(ID, r0, r1);
   assert.deepEqual(db.imageRoot(ID), r1);
-  assert.equal(db.pendingFlush(ID), undefined);
+  assert.deepEqual(db.pendingWrites(ID), []);
+  assert.throws(() => db.recordPendingWrites(ID, r0, first), /not the one/, 'a backend with a stale root cannot record');
 
   // A pending record cannot exist for an image without a root (foreign key).
-  assert.throws(() => db.recordPendingFlush('c'.repeat(32), pending), /has no root/);
+  assert.throws(() => db.recordPendingWrites('c'.repeat(32), r0, first), /has no root/);
+});
+
+test('migration 4 carries a pending flush of the old schema over as the first pending write record', async (t) => {
+  const dir = await tempDir(t, 'vmseal-db-');
+  const path = join(dir, 'monitor.db');
+  const raw = new Database(path);
+  for (const m of MIGRATIONS.slice(0, 3)) raw.exec(m.sql);
+  raw.pragma('user_version = 3');
+  const r0 = randomBytes(32);
+  const old = { sectors: Buffer.alloc(16), oldLeaves: randomBytes(64), newLeaves: randomBytes(64) };
+  old.sectors.writeBigUInt64LE(5n, 0);
+  old.sectors.writeBigUInt64LE(9n, 8);
+  raw.prepare('INSERT INTO image_roots VALUES (?, ?, 0)').run(ID, r0);
+  raw.prepare('INSERT INTO pending_flushes VALUES (?, ?, ?, ?, ?, ?, 0)').run(ID, r0, randomBytes(32), old.sectors, old.oldLeaves, old.newLeaves);
+  raw.close();
+  const db = MonitorDb.open(path);
+  t.after(() => db.close());
+  assert.equal(db.schemaVersion, MIGRATIONS.length);
+  assert.deepEqual(db.pendingWrites(ID), [{ sectors: [5, 9], oldLeaves: old.oldLeaves, newLeaves: old.newLeaves }]);
+  assert.deepEqual(db.sql.prepare("SELECT name FROM sqlite_master WHERE name = 'pending_flushes'").all(), []);
 });

@@ -10,6 +10,7 @@ import { CryptoPool } from '../../src/monitor/disk/crypto-pool.ts';
 import { NbdServer } from '../../src/monitor/disk/nbd-server.ts';
 import { SealedBackend, SealedDiskError, type FlushStep, type SealedBackendOptions, type SealedDiskAlert } from '../../src/monitor/disk/sealed-backend.ts';
 import { MonitorDb } from '../../src/monitor/state/monitor-db.ts';
+import type { ChildArgs } from './sealed-crash-child.ts';
 import { MiB, SECTOR, decryptIndependently, makeSealedDisk, pattern, qemuIo, runTool, tempDir, type SealedDisk } from './sealed-fixtures.ts';
 
 type After = { after(fn: () => Promise<void> | void): void };
@@ -169,7 +170,7 @@ test('round trip: qemu-io writes through our export, reads back; cryptsetup decr
   t.after(() => db.close());
   assert.deepEqual(db.imageRoot(o.disk.imageId), root);
   assert.notDeepEqual(root, d.root);
-  assert.equal(db.pendingFlush(o.disk.imageId), undefined);
+  assert.deepEqual(db.pendingWrites(o.disk.imageId), []);
   db.close();
   await assertSidecarMatchesImage(d, root);
 
@@ -479,10 +480,11 @@ const CRASHES: { at: FlushStep | 'before-flush'; unackedNew: 'none' | 'first-run
   { at: 'image-written', unackedNew: 'all' },
   { at: 'sidecar-partly-written', unackedNew: 'all' },
   { at: 'sidecar-written', unackedNew: 'all' },
+  { at: 'synced', unackedNew: 'all' },
   { at: 'committed', unackedNew: 'all' },
 ];
 
-function runChild(args: object): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+function runChild(args: ChildArgs): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'sealed-crash-child.ts'), JSON.stringify(args)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -516,16 +518,15 @@ test('crash consistency: killed anywhere in a flush, the disk reopens without re
       db: d.db,
       crashAt: crash.at,
       acked: ACKED,
-      unacked: UNACKED,
       ackedTag: 1,
-      unackedTag: 2,
+      phases: [{ sectors: UNACKED, tag: 2 }],
     });
     assert.equal(r.signal, 'SIGKILL', `${crash.at}: the child died at its crash point (${r.stderr})`);
     assert.equal(r.stdout, 'ACKED\n', crash.at);
 
     const o = await openDisk(t, d);
     assert.deepEqual(o.alerts, [], `${crash.at}: reopened without alerts`);
-    assert.equal(o.db.pendingFlush(o.disk.imageId), undefined, `${crash.at}: recovery finished the flush`);
+    assert.deepEqual(o.db.pendingWrites(o.disk.imageId), [], `${crash.at}: recovery committed a root`);
     const all = await readSectors(o.disk, 0, d.sectors);
     const firstRun = new Set([2, 3]);
     for (let s = 0; s < d.sectors; s++) {
@@ -559,7 +560,7 @@ test('crash recovery refuses to vouch for a sector torn between old and new, and
   const d = await makeSealedDisk(dir, 4 * MiB);
   const r = await runChild({
     image: d.image, sidecar: d.sidecar, payloadOffset: d.payloadOffset, volumeKey: d.volumeKey.toString('hex'), bundleRoot: d.root.toString('hex'),
-    db: d.db, crashAt: 'image-written', acked: [1], unacked: [100, 101], ackedTag: 1, unackedTag: 2,
+    db: d.db, crashAt: 'image-written', acked: [1], ackedTag: 1, phases: [{ sectors: [100, 101], tag: 2 }],
   });
   assert.equal(r.signal, 'SIGKILL', r.stderr);
   // Power loss tore sector 100: half of it is the old ciphertext.
@@ -572,4 +573,132 @@ test('crash recovery refuses to vouch for a sector torn between old and new, and
   // Rewriting it whole makes it readable again.
   await o.disk.write(100 * SECTOR, pattern(3, 100), true);
   assert.ok((await readSectors(o.disk, 100)).equals(pattern(3, 100)));
+});
+
+// Spills without FLUSH: a tiny write buffer (8 sectors) spills many times while the phases are written, several
+// sectors in several versions; a FUA phase in the middle must be durable once acknowledged.
+const range = (first: number, count: number): number[] => Array.from({ length: count }, (_, i) => first + i);
+const SPILL_ACKED = [1, 2, 3, ...range(50, 10)];
+const SPILL_PHASES = [
+  { sectors: [2, 3, ...range(100, 40)], tag: 2 },
+  { sectors: [50, ...range(100, 20), ...range(300, 11)], tag: 3 },
+  { sectors: [3, 400, 401, 402], tag: 4, fua: true },
+  { sectors: [...range(100, 40), ...range(300, 11), 402, 600], tag: 5 },
+  { sectors: [2, ...range(100, 10), 600], tag: 6 },
+];
+const FUA_PHASE = 2;
+const SPILL_BUFFER = 8 * SECTOR;
+
+/** Runs the child over a fresh copy of `base` in `caseDir`; returns the copy and the phases acknowledged as FUA. */
+async function crashSpilling(base: SealedDisk, caseDir: string, crashAt: ChildArgs['crashAt'], crashOn = 1, countFromPhase?: number): Promise<{ d: SealedDisk; fuaAcked: number }> {
+  await mkdir(caseDir);
+  const d: SealedDisk = { ...base, dir: caseDir, image: join(caseDir, 'disk.img'), sidecar: join(caseDir, 'disk.img.integrity'), db: join(caseDir, 'monitor.db') };
+  await copyFile(base.image, d.image);
+  await copyFile(base.sidecar, d.sidecar);
+  const r = await runChild({
+    image: d.image, sidecar: d.sidecar, payloadOffset: d.payloadOffset, volumeKey: d.volumeKey.toString('hex'), bundleRoot: d.root.toString('hex'),
+    db: d.db, crashAt, crashOn, ...(countFromPhase === undefined ? {} : { countFromPhase }), writeBufferBytes: SPILL_BUFFER, acked: SPILL_ACKED, ackedTag: 1, phases: SPILL_PHASES,
+  });
+  const what = `${crashAt}#${crashOn}/${countFromPhase}`;
+  assert.equal(r.signal, 'SIGKILL', `${what}: the child died at its crash point (${r.stderr})`);
+  assert.match(r.stdout, /^ACKED\n/, what);
+  assert.doesNotMatch(r.stdout, /FLUSHED/, what);
+  const fua = [...r.stdout.matchAll(/^FUA (\d+)$/gm)].map((m) => Number(m[1]));
+  return { d, fuaAcked: fua.length > 0 ? Math.max(...fua) : -1 };
+}
+
+/** The contents sector `s` may show after the crash: its acknowledged version, then every later one (oldest first). */
+function spillVersions(d: SealedDisk, s: number, fuaAcked: number): Buffer[] {
+  const versions = [SPILL_ACKED.includes(s) ? pattern(1, s) : sectorOf(d.plain, s)];
+  let durable = 0;
+  SPILL_PHASES.forEach((p, i) => {
+    if (!p.sectors.includes(s)) return;
+    versions.push(pattern(p.tag, s));
+    // A FUA acknowledged makes everything written up to it durable: older versions are gone for good.
+    if (i <= fuaAcked) durable = versions.length - 1;
+  });
+  return versions.slice(durable);
+}
+
+test('several spills, then killed before any FLUSH: reopens without repair, flushed data intact, each other sector one of its versions', { timeout: 300_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const base = await makeSealedDisk(dir, 4 * MiB);
+  // [step, occurrence, counted from the end of this phase (else from ACKED)]
+  const cases: [ChildArgs['crashAt'], number, number?][] = [
+    ['before-flush', 1],
+    ['sidecar-written', 3], // right after the third spill, in the first phase
+    ['synced', 1], // the FUA's flush, synced but its root not committed: the FUA is not acknowledged
+    ['image-partly-written', 3, FUA_PHASE], // in the middle of the third spill after the FUA
+    ['sidecar-partly-written', 4, FUA_PHASE],
+  ];
+  let sawUnflushed = false;
+  for (const [at, on, from] of cases) {
+    const what = `${at}#${on}/${from}`;
+    const { d, fuaAcked } = await crashSpilling(base, join(dir, `${at}-${on}`), at, on, from);
+    assert.equal(fuaAcked, at === 'before-flush' || from === FUA_PHASE ? FUA_PHASE : -1, `${what}: FUA acknowledged?`);
+    const before = MonitorDb.open(d.db);
+    const records = before.pendingWrites(integrityIdOf(before));
+    before.close();
+    assert.ok(records.length >= 2, `${what}: several spills were pending (${records.length})`);
+
+    const o = await openDisk(t, d);
+    assert.deepEqual(o.alerts, [], `${what}: reopened without alerts`);
+    assert.deepEqual(o.db.pendingWrites(o.disk.imageId), [], `${what}: recovery committed a root`);
+    const all = await readSectors(o.disk, 0, d.sectors);
+    for (let s = 0; s < d.sectors; s++) {
+      const versions = spillVersions(d, s, fuaAcked);
+      const got = sectorOf(all, s);
+      const which = versions.findIndex((v) => v.equals(got));
+      assert.ok(which >= 0, `${what}: sector ${s} holds one of its ${versions.length} version(s)`);
+      if (which < versions.length - 1) sawUnflushed = true;
+    }
+    // The disk goes on, and the committed state is exactly the files.
+    await o.disk.write(7 * SECTOR, pattern(9, 7), false);
+    await o.disk.flush();
+    const root = o.disk.root;
+    await closeDisk(o);
+    await assertSidecarMatchesImage(d, root);
+    const again = await openDisk(t, d);
+    assert.ok((await readSectors(again.disk, 7)).equals(pattern(9, 7)));
+    assert.deepEqual(again.alerts, []);
+    await closeDisk(again);
+    await rm(d.dir, { recursive: true, force: true });
+  }
+  assert.ok(sawUnflushed, 'some crash lost an unflushed write (the cases do stop mid-way)');
+});
+
+/** The image id of the only image in a monitor db. */
+function integrityIdOf(db: MonitorDb): string {
+  return (db.sql.prepare('SELECT image_id FROM image_roots').get() as { image_id: string }).image_id;
+}
+
+test('after a crash with pending spills, tampering still shows: rolled-back, moved and altered sectors fail, the rest reads', { timeout: 120_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const base = await makeSealedDisk(dir, 4 * MiB);
+  const { d } = await crashSpilling(base, join(dir, 'case'), 'before-flush');
+  // Sector 2: flushed as tag 1 and tag 2, then spilled as tag 6; its sealing-time ciphertext put back (a rollback
+  // past FLUSHes). Sector 102: spilled, overwritten with sector 101's ciphertext (moved). Sector 55: flushed and
+  // not written since, rolled back to its sealing-time ciphertext. Sector 301: spilled, one bit flipped.
+  await poke(d.image, ctAt(d, 2), await peek(base.image, ctAt(d, 2), SECTOR));
+  await poke(d.image, ctAt(d, 102), await peek(d.image, ctAt(d, 101), SECTOR));
+  await poke(d.image, ctAt(d, 55), await peek(base.image, ctAt(d, 55), SECTOR));
+  const b = await peek(d.image, ctAt(d, 301) + 7, 1);
+  await poke(d.image, ctAt(d, 301) + 7, Buffer.from([b[0]! ^ 0x80]));
+
+  const o = await openDisk(t, d);
+  assert.deepEqual(tamperAlerts(o.alerts), [{ sector: 2, sectors: 1 }, { sector: 102, sectors: 1 }, { sector: 301, sectors: 1 }], 'listed sectors alerted at open');
+  for (const s of [2, 102, 301, 55]) await rejectsEio(readSectors(o.disk, s), `sector ${s}`);
+  assert.deepEqual(tamperAlerts(o.alerts).slice(3), [2, 102, 301, 55].map((sector) => ({ sector, sectors: 1 })));
+  assert.ok((await readSectors(o.disk, 1)).equals(pattern(1, 1)), 'flushed data around them reads');
+  assert.ok((await readSectors(o.disk, 400)).equals(pattern(4, 400)), 'FUA data reads');
+  const v101 = await readSectors(o.disk, 101);
+  assert.ok([pattern(3, 101), pattern(5, 101), pattern(6, 101)].some((v) => v.equals(v101)), 'a spilled sector: its flushed version or a later one');
+  // The guest may rewrite a damaged sector whole; it then verifies again, also after a reopen.
+  await o.disk.write(2 * SECTOR, pattern(8, 2), true);
+  assert.ok((await readSectors(o.disk, 2)).equals(pattern(8, 2)));
+  await closeDisk(o);
+  const again = await openDisk(t, d);
+  assert.ok((await readSectors(again.disk, 2)).equals(pattern(8, 2)));
+  assert.deepEqual(again.alerts, []);
+  await rejectsEio(readSectors(again.disk, 102), 'a damaged sector stays refused across reopens');
 });

@@ -1,18 +1,20 @@
 /**
  * The sealed disk (docs/sealed-disk.md): a LUKS2 image's AES-XTS payload served to QEMU as a plain block
  * device, every sector checked against the integrity tree before it is decrypted, writes held in a bounded
- * write-back buffer until a flush makes data, tree and root durable in five steps.
+ * write-back buffer. A full buffer is spilled into the image and sidecar (recorded first, never synced); only
+ * FLUSH and FUA make data, tree and root durable.
  *
- * Consistency between reads and flushes: a read takes the image lock shared for its pread and decides in the
+ * Consistency between reads and spills: a read takes the image lock shared for its pread and decides in the
  * same synchronous step, right after it, where each sector comes from (the write buffers, newest first, else
  * the bytes just read, checked against the tree's leaf). A read none of whose sectors is buffered decides
- * before instead (all from the image) and keeps the lock through one native pread + verify + decrypt job. A flush takes the lock exclusively only while it
- * writes sectors into the image, so a read never sees half-written sectors nor compares old bytes with a leaf
- * already updated; buffered sectors are served from memory until the flush that wrote them is over.
+ * before instead (all from the image) and keeps the lock through one native pread + verify + decrypt job. A
+ * spill takes the lock exclusively only while it writes sectors into the image, so a read never sees
+ * half-written sectors nor compares old bytes with a leaf already updated; buffered sectors are served from
+ * memory until the spill that wrote them is over.
  *
- * Failure: a flush that fails midway leaves the files for crash recovery to sort out at the next open; the
- * disk refuses every later request (EIO) and raises DISK_FAILURE. A failed boot-sector check does the same
- * after its BAD_KEY_OR_DISK alert.
+ * Failure: a spill or flush that fails midway leaves the files for crash recovery to sort out at the next
+ * open; the disk refuses every later request (EIO) and raises DISK_FAILURE. A failed boot-sector check does
+ * the same after its BAD_KEY_OR_DISK alert.
  */
 import { open as openCb, close as closeCb, fstat as fstatCb } from 'node:fs';
 import { promisify } from 'node:util';
@@ -45,13 +47,17 @@ export const DEFAULT_WRITE_BUFFER_BYTES = 32 * 1024 * 1024;
 const ZERO_CHUNK = 1024 * 1024;
 let zeroes: Buffer | undefined;
 
-/** Points in a flush where the crash tests stop the process (afterFlushStep); see docs/sealed-disk.md. */
+/**
+ * Points where the crash tests stop the process (afterFlushStep); see docs/sealed-disk.md. Every spill passes
+ * the first five; a FLUSH spills what is buffered and then passes the last two.
+ */
 export type FlushStep =
   | 'pending-recorded'
   | 'image-partly-written'
   | 'image-written'
   | 'sidecar-partly-written'
   | 'sidecar-written'
+  | 'synced'
   | 'committed';
 
 export interface SealedBackendOptions {
@@ -68,13 +74,13 @@ export interface SealedBackendOptions {
   onAlert: AlertSink;
   /** The image's encryption sector size: 4096 for our images and LUKS2 defaults, 512 for LUKS1. Default 4096. */
   encryptionSectorSize?: EncryptionSectorSize;
-  /** Bound of the write-back buffer (two of these exist: one filling, one being flushed). Default 32 MiB. */
+  /** Bound of the write-back buffer (two of these exist: one filling, one being spilled). Default 32 MiB. */
   writeBufferBytes?: number;
   /** Requests up to this size are encrypted and hashed on the main thread. Default: the pool's. */
   inlineCryptoMaxBytes?: number;
   /** Default: the process-wide pool. */
   cryptoPool?: CryptoPool;
-  /** Test seam: called after each flush step; the crash tests SIGKILL themselves here. */
+  /** Test seam: called after each spill and flush step; the crash tests SIGKILL themselves here. */
   afterFlushStep?: (step: FlushStep) => void;
 }
 
@@ -109,14 +115,17 @@ export class SealedBackend implements BlockBackend {
   readonly #afterStep: ((step: FlushStep) => void) | undefined;
   readonly #imageLock = new RwLock();
 
+  /** The committed root: the files may hold spilled writes beyond it, listed in pending records. */
   #root: Buffer;
+  /** Buffers were spilled since #root was committed (pending records exist). */
+  #uncommitted = false;
   #dirty: WriteBuffer;
-  #flushing: WriteBuffer | null = null;
+  #spilling: WriteBuffer | null = null;
   #spare: WriteBuffer;
   readonly #spaceWaiters: (() => void)[] = [];
   #flushTail: Promise<void> = Promise.resolve();
-  #queuedFlush: Promise<void> | null = null;
-  #flushRunning = false;
+  #queued: { done: Promise<void>; durable: boolean } | null = null;
+  #spillRunning = false;
   #bootChecked = false;
   #failed: Error | null = null;
   #running = 0;
@@ -160,8 +169,8 @@ export class SealedBackend implements BlockBackend {
   }
 
   /**
-   * Opens a sealed disk: reads and verifies the sidecar against the trusted root (finishing a flush a crash
-   * interrupted), and records the bundle's root as this image's root on its first open on this host.
+   * Opens a sealed disk: reads and verifies the sidecar against the trusted root (sorting out the writes spilled
+   * before a crash), and records the bundle's root as this image's root on its first open on this host.
    * Throws SealedDiskError('TAMPER') if the files do not verify as a whole; parts that do not verify are
    * alerted and refused per request.
    */
@@ -228,6 +237,7 @@ export class SealedBackend implements BlockBackend {
           await readFully(imageFd, buf, payloadOffset + first * SECTOR);
           return buf;
         },
+        syncImage: () => fdatasyncFd(imageFd),
         writeNodes: async (changed) => {
           await writeSidecarNodes(sidecarFd, geometry, levels, changed);
           await fdatasyncFd(sidecarFd);
@@ -265,7 +275,7 @@ export class SealedBackend implements BlockBackend {
     }
   }
 
-  /** The root monitor state holds for this image (changes with every flush). */
+  /** The root monitor state holds for this image (changes with every FLUSH that follows writes). */
   get root(): Buffer {
     return Buffer.from(this.#root);
   }
@@ -278,9 +288,9 @@ export class SealedBackend implements BlockBackend {
       const data = into.subarray(0, length);
       const expected = Buffer.allocUnsafe(count * LEAF);
       const bad = await this.#imageLock.shared(async () => {
-        if (!this.#dirty.hasAny(first, count) && !this.#flushing?.hasAny(first, count)) {
+        if (!this.#dirty.hasAny(first, count) && !this.#spilling?.hasAny(first, count)) {
           // Nothing of it buffered: every sector comes from the image, checked against a copy of its leaf taken
-          // now. The shared lock keeps the image as it is until the job is done, so a flush that updates these
+          // now. The shared lock keeps the image as it is until the job is done, so a spill that updates these
           // leaves meanwhile (their new contents are in its buffer) cannot write them under this read.
           this.#tree.levels[0]!.copy(expected, 0, first * LEAF, (first + count) * LEAF);
           return this.#crypto.readOpen(this.#imageFd, this.#payloadOffset + offset, first, data, expected);
@@ -290,7 +300,7 @@ export class SealedBackend implements BlockBackend {
         for (let i = 0; i < count; i++) {
           const s = first + i;
           if (this.#dirty.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
-          if (this.#flushing?.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
+          if (this.#spilling?.copyOut(s, data, i * SECTOR, expected, i * LEAF)) continue;
           this.#tree.levels[0]!.copy(expected, i * LEAF, s * LEAF, (s + 1) * LEAF);
         }
         return null;
@@ -313,7 +323,7 @@ export class SealedBackend implements BlockBackend {
       for (let done = 0; done < length; done += ZERO_CHUNK) {
         await this.#write(offset + done, zeroes.subarray(0, Math.min(ZERO_CHUNK, length - done)), false);
       }
-      if (fua) await this.#scheduleFlush();
+      if (fua) await this.#schedule(true);
     });
   }
 
@@ -321,9 +331,9 @@ export class SealedBackend implements BlockBackend {
     return Promise.reject(ioError('trim is not supported by a sealed disk', 'EINVAL'));
   }
 
-  /** Makes every write completed before the call durable: data, tree and root (the five steps). */
+  /** Makes every write completed before the call durable: data, tree and root. */
   flush(): Promise<void> {
-    return this.#run(() => this.#scheduleFlush());
+    return this.#run(() => this.#schedule(true));
   }
 
   /** Waits for running requests, flushes what is buffered (unless the disk failed), and closes the files. */
@@ -331,7 +341,7 @@ export class SealedBackend implements BlockBackend {
     this.#closing ??= (async () => {
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#idle = resolve));
       try {
-        if (!this.#failed) await this.#scheduleFlush();
+        if (!this.#failed) await this.#schedule(true);
         else await this.#flushTail;
       } finally {
         this.#failed ??= ioError(`sealed disk ${this.imageId} is closed`, 'EBADF');
@@ -373,14 +383,14 @@ export class SealedBackend implements BlockBackend {
         if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
         i += this.#place(part.first + i, part.ciphertext.subarray(i * SECTOR), part.leaves.subarray(i * LEAF));
         if (i === count) break;
-        // Full: flush it and wait until a flush has swapped in an empty buffer.
-        this.#kickFlush();
+        // Full: spill it and wait until a spill has swapped in an empty buffer.
+        this.#kickSpill();
         await new Promise<void>((resolve) => this.#spaceWaiters.push(resolve));
       }
     }
-    if (fua) await this.#scheduleFlush();
-    // Half full: flush in the background so the other half can fill meanwhile.
-    else if (this.#dirty.size * 2 >= this.#dirty.capacity && !this.#flushRunning) this.#kickFlush();
+    if (fua) await this.#schedule(true);
+    // Half full: spill in the background so the other half can fill meanwhile.
+    else if (this.#dirty.size * 2 >= this.#dirty.capacity && !this.#spillRunning) this.#kickSpill();
   }
 
   /** Puts as many of these sectors as fit into the write buffer; returns how many did. */
@@ -419,45 +429,62 @@ export class SealedBackend implements BlockBackend {
     }
   }
 
-  #kickFlush(): void {
-    this.#scheduleFlush().catch(() => undefined); // a failure is recorded in #failed and alerted
+  #kickSpill(): void {
+    this.#schedule(false).catch(() => undefined); // a failure is recorded in #failed and alerted
   }
 
-  /** Flushes run one at a time; callers arriving while one waits to start share it. */
-  #scheduleFlush(): Promise<void> {
-    if (this.#queuedFlush) return this.#queuedFlush;
-    const p = this.#flushTail.then(() => {
-      this.#queuedFlush = null;
-      return this.#flushOnce();
+  /**
+   * Spills and flushes run one at a time. Callers arriving while one waits to start share it; a FLUSH joining a
+   * queued spill makes it a flush (a flush is a spill of what is buffered, then the sync and the commit).
+   */
+  #schedule(durable: boolean): Promise<void> {
+    if (this.#queued) {
+      this.#queued.durable ||= durable;
+      return this.#queued.done;
+    }
+    const q = { done: Promise.resolve(), durable };
+    q.done = this.#flushTail.then(() => {
+      this.#queued = null;
+      return this.#spillAndMaybeCommit(q.durable);
     });
-    this.#queuedFlush = p;
-    this.#flushTail = p.catch(() => undefined);
-    return p;
+    this.#queued = q;
+    this.#flushTail = q.done.catch(() => undefined);
+    return q.done;
   }
 
-  async #flushOnce(): Promise<void> {
+  async #spillAndMaybeCommit(durable: boolean): Promise<void> {
     if (this.#failed) throw ioError(`sealed disk ${this.imageId} has failed: ${this.#failed.message}`);
+    try {
+      if (this.#dirty.size > 0) await this.#spill();
+      if (durable && this.#uncommitted) await this.#commit();
+    } catch (err) {
+      const reason = `${durable ? 'flush' : 'spill'} failed: ${err instanceof Error ? err.message : String(err)}`;
+      this.#failed = new Error(reason);
+      this.#alert({ kind: 'DISK_FAILURE', image: this.imageId, reason });
+      throw ioError(`sealed disk ${this.imageId}: ${reason}`);
+    }
+  }
+
+  /**
+   * Puts the filling buffer into the image and sidecar, not durably: first a pending record of every sector's
+   * old and new leaf is committed (so it is on disk before any byte it describes can be), then ciphertext and
+   * changed nodes are written to the page cache. Recovery accepts any listed version of each listed sector.
+   */
+  async #spill(): Promise<void> {
     const buf = this.#dirty;
-    if (buf.size === 0) return;
-    this.#flushRunning = true;
+    this.#spillRunning = true;
     this.#dirty = this.#spare;
-    this.#flushing = buf;
+    this.#spilling = buf;
     for (const wake of this.#spaceWaiters.splice(0)) wake();
     try {
-      // 1. The new leaves into the tree, their paths recomputed: the new root.
       const sectors = buf.sectors();
       const newLeaves = buf.leavesOf(sectors);
       const oldLeaves = Buffer.allocUnsafe(newLeaves.length);
       sectors.forEach((s, i) => this.#tree.levels[0]!.copy(oldLeaves, i * LEAF, s * LEAF, (s + 1) * LEAF));
-      const changed: ChangedNodes = this.#tree.setLeaves(this.#hasher, sectors, newLeaves);
-      const oldRoot = this.#root;
-      const newRoot = this.#tree.root(this.#hasher);
-      // 2. What is about to change, committed before anything changes.
-      this.#db.recordPendingFlush(this.imageId, { oldRoot, newRoot, sectors, oldLeaves, newLeaves });
+      this.#db.recordPendingWrites(this.imageId, this.#root, { sectors, oldLeaves, newLeaves });
+      this.#uncommitted = true;
       this.#afterStep?.('pending-recorded');
-      // 3. The ciphertext; 4. the changed sidecar nodes; both then fdatasync'd at once. Recovery takes either file
-      // in any state once `pending` is committed (each listed sector old or new, the listed paths recomputed),
-      // so only step 5 must wait for both syncs; waiting for one before writing the other only cost time.
+      const changed: ChangedNodes = this.#tree.setLeaves(this.#hasher, sectors, newLeaves);
       await this.#imageLock.exclusive(async () => {
         let written = 0;
         for (const run of buf.runs(sectors)) {
@@ -465,25 +492,29 @@ export class SealedBackend implements BlockBackend {
           if (++written === 1) this.#afterStep?.('image-partly-written');
         }
       });
-      await writeSidecarNodes(this.#sidecarFd, this.#geometry, this.#tree.levels, changed, () => this.#afterStep?.('sidecar-partly-written'));
-      await Promise.all([fdatasyncFd(this.#imageFd), fdatasyncFd(this.#sidecarFd)]);
       this.#afterStep?.('image-written');
+      await writeSidecarNodes(this.#sidecarFd, this.#geometry, this.#tree.levels, changed, () => this.#afterStep?.('sidecar-partly-written'));
       this.#afterStep?.('sidecar-written');
-      // 5. The new root, and the pending record gone, in one transaction.
-      this.#db.commitFlush(this.imageId, oldRoot, newRoot);
-      this.#root = newRoot;
-      this.#afterStep?.('committed');
-    } catch (err) {
-      const reason = `flush failed: ${err instanceof Error ? err.message : String(err)}`;
-      this.#failed = new Error(reason);
-      this.#alert({ kind: 'DISK_FAILURE', image: this.imageId, reason });
-      throw ioError(`sealed disk ${this.imageId}: ${reason}`);
     } finally {
-      this.#flushing = null;
+      this.#spilling = null;
       buf.clear();
       this.#spare = buf;
-      this.#flushRunning = false;
+      this.#spillRunning = false;
       for (const wake of this.#spaceWaiters.splice(0)) wake();
     }
+  }
+
+  /**
+   * FLUSH after spills: image and sidecar synced at once (the pending records cover whatever state either is
+   * in until the commit), then the new root committed with the records dropped, in one transaction.
+   */
+  async #commit(): Promise<void> {
+    await Promise.all([fdatasyncFd(this.#imageFd), fdatasyncFd(this.#sidecarFd)]);
+    this.#afterStep?.('synced');
+    const root = this.#tree.root(this.#hasher);
+    this.#db.commitRoot(this.imageId, this.#root, root);
+    this.#root = root;
+    this.#uncommitted = false;
+    this.#afterStep?.('committed');
   }
 }

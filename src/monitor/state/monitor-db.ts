@@ -11,8 +11,8 @@
  * transaction together with the bump of PRAGMA user_version, so a crash leaves the schema at a known version.
  * A database newer than this code (user_version beyond the list) is refused rather than misread.
  *
- * Tables of the sealed-disk work: the trusted integrity root of every image, and the pending record of a
- * flush in progress (docs/sealed-disk.md, steps 2 and 5).
+ * Tables of the sealed-disk work: the trusted integrity root of every image, and the pending records of the
+ * writes put into its files since that root was committed (docs/sealed-disk.md, "Writes, FLUSH and crashes").
  */
 import { closeSync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -81,15 +81,36 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 4,
+    name: 'pending writes: several records per image, one per buffer spilled since the last committed root',
+    // A pending flush of version 1 started from the image's current root (it was checked when recorded), so it
+    // becomes the first and only record of its image.
+    sql: `
+      CREATE TABLE pending_writes (
+        image_id   TEXT NOT NULL REFERENCES image_roots (image_id),
+        seq        INTEGER NOT NULL CHECK (seq >= 1),
+        sectors    BLOB NOT NULL CHECK (length(sectors) % 8 = 0),
+        old_leaves BLOB NOT NULL CHECK (length(old_leaves) = 4 * length(sectors)),
+        new_leaves BLOB NOT NULL CHECK (length(new_leaves) = 4 * length(sectors)),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (image_id, seq)
+      ) STRICT;
+      INSERT INTO pending_writes (image_id, seq, sectors, old_leaves, new_leaves, created_at)
+        SELECT image_id, 1, sectors, old_leaves, new_leaves, created_at FROM pending_flushes;
+      DROP TABLE pending_flushes;
+    `,
+  },
 ];
 
 const HASH_BYTES = 32;
 const IMAGE_ID = /^[0-9a-f]{32}$/;
 
-/** A flush between its steps 2 and 5: each listed sector's leaf before and after. */
-export interface PendingFlush {
-  oldRoot: Buffer;
-  newRoot: Buffer;
+/**
+ * Sectors written into an image's files (not necessarily durably) since its root was last committed: each
+ * listed sector's leaf before and after that write.
+ */
+export interface PendingWrites {
   /** Ascending, distinct sector numbers. */
   sectors: number[];
   /** 32 bytes per sector, in the order of `sectors`. */
@@ -113,7 +134,7 @@ function encodeSectors(sectors: number[]): Buffer {
   const b = Buffer.alloc(sectors.length * 8);
   let prev = -1;
   sectors.forEach((s, i) => {
-    if (!Number.isSafeInteger(s) || s <= prev) throw new MonitorDbError('pending flush sectors must be ascending, distinct integers');
+    if (!Number.isSafeInteger(s) || s <= prev) throw new MonitorDbError('pending write sectors must be ascending, distinct integers');
     prev = s;
     b.writeBigUInt64LE(BigInt(s), i * 8);
   });
@@ -125,7 +146,7 @@ function decodeSectors(b: Buffer): number[] {
   let prev = -1;
   for (let at = 0; at < b.length; at += 8) {
     const v = b.readBigUInt64LE(at);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER) || Number(v) <= prev) throw new MonitorDbError('corrupt pending flush record (sector list)');
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || Number(v) <= prev) throw new MonitorDbError('corrupt pending write record (sector list)');
     prev = Number(v);
     out.push(prev);
   }
@@ -133,8 +154,6 @@ function decodeSectors(b: Buffer): number[] {
 }
 
 interface PendingRow {
-  old_root: Buffer;
-  new_root: Buffer;
   sectors: Buffer;
   old_leaves: Buffer;
   new_leaves: Buffer;
@@ -189,46 +208,47 @@ export class MonitorDb {
     if (r.changes === 0) throw new MonitorDbError(`image ${imageId} already has a root`);
   }
 
-  pendingFlush(imageId: string): PendingFlush | undefined {
+  /** The image's pending write records, oldest first (empty if its files are as its root says). */
+  pendingWrites(imageId: string): PendingWrites[] {
     checkImageId(imageId);
-    const row = this.sql
-      .prepare('SELECT old_root, new_root, sectors, old_leaves, new_leaves FROM pending_flushes WHERE image_id = ?')
-      .get(imageId) as PendingRow | undefined;
-    if (!row) return undefined;
-    return { oldRoot: row.old_root, newRoot: row.new_root, sectors: decodeSectors(row.sectors), oldLeaves: row.old_leaves, newLeaves: row.new_leaves };
+    const rows = this.sql
+      .prepare('SELECT sectors, old_leaves, new_leaves FROM pending_writes WHERE image_id = ? ORDER BY seq')
+      .all(imageId) as PendingRow[];
+    return rows.map((r) => ({ sectors: decodeSectors(r.sectors), oldLeaves: r.old_leaves, newLeaves: r.new_leaves }));
   }
 
-  /** Flush step 2: the image's root must be `p.oldRoot` and no other flush may be pending. */
-  recordPendingFlush(imageId: string, p: PendingFlush): void {
+  /**
+   * Records, durably (one fsync), writes about to go into the image's files. `root` must be the image's
+   * committed root: a record made by a backend whose view of the image is stale is refused.
+   */
+  recordPendingWrites(imageId: string, root: Buffer, p: PendingWrites): void {
     checkImageId(imageId);
-    checkHash(p.oldRoot, 'old root');
-    checkHash(p.newRoot, 'new root');
+    checkHash(root, 'root');
     const sectors = encodeSectors(p.sectors);
     if (p.oldLeaves.length !== p.sectors.length * HASH_BYTES || p.newLeaves.length !== p.sectors.length * HASH_BYTES) {
-      throw new MonitorDbError('pending flush: one 32-byte old and new leaf per sector expected');
+      throw new MonitorDbError('pending writes: one 32-byte old and new leaf per sector expected');
     }
     this.sql.transaction(() => {
-      this.#expectRoot(imageId, p.oldRoot);
-      if (this.sql.prepare('SELECT 1 FROM pending_flushes WHERE image_id = ?').get(imageId)) {
-        throw new MonitorDbError(`image ${imageId} already has a pending flush`);
-      }
+      this.#expectRoot(imageId, root);
+      const { seq } = this.sql.prepare('SELECT coalesce(max(seq), 0) + 1 AS seq FROM pending_writes WHERE image_id = ?').get(imageId) as { seq: number };
       this.sql
-        .prepare('INSERT INTO pending_flushes (image_id, old_root, new_root, sectors, old_leaves, new_leaves, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
-        .run(imageId, p.oldRoot, p.newRoot, sectors, p.oldLeaves, p.newLeaves, Date.now());
+        .prepare('INSERT INTO pending_writes (image_id, seq, sectors, old_leaves, new_leaves, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(imageId, seq, sectors, p.oldLeaves, p.newLeaves, Date.now());
     })();
   }
 
   /**
-   * Flush step 5 (and the end of crash recovery): in one transaction, the root moves from `oldRoot` to `newRoot`
-   * and the pending record goes away.
+   * A FLUSH (or the end of crash recovery), once the files are synced: in one transaction the root moves from
+   * `oldRoot` to `newRoot` and every pending record of the image goes away. A root only moves over recorded
+   * writes, so at least one record must exist.
    */
-  commitFlush(imageId: string, oldRoot: Buffer, newRoot: Buffer): void {
+  commitRoot(imageId: string, oldRoot: Buffer, newRoot: Buffer): void {
     checkImageId(imageId);
     checkHash(newRoot, 'new root');
     this.sql.transaction(() => {
       this.#expectRoot(imageId, oldRoot);
-      if (this.sql.prepare('DELETE FROM pending_flushes WHERE image_id = ?').run(imageId).changes !== 1) {
-        throw new MonitorDbError(`image ${imageId} has no pending flush to commit`);
+      if (this.sql.prepare('DELETE FROM pending_writes WHERE image_id = ?').run(imageId).changes === 0) {
+        throw new MonitorDbError(`image ${imageId} has no pending writes to commit`);
       }
       this.sql.prepare('UPDATE image_roots SET root = ?, updated_at = ? WHERE image_id = ?').run(newRoot, Date.now(), imageId);
     })();
@@ -237,7 +257,7 @@ export class MonitorDb {
   #expectRoot(imageId: string, root: Buffer): void {
     const current = this.imageRoot(imageId);
     if (!current) throw new MonitorDbError(`image ${imageId} has no root`);
-    if (!current.equals(root)) throw new MonitorDbError(`image ${imageId}: root is not the one this flush started from`);
+    if (!current.equals(root)) throw new MonitorDbError(`image ${imageId}: root is not the one these writes started from`);
   }
 }
 
