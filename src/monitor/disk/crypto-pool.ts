@@ -1,5 +1,5 @@
 /**
- * Runs the sealed disk's sector crypto (XTS + leaf HMACs) on worker threads, one per core, so large requests
+ * Runs the sealed disk's sector crypto (XTS + the integrity tree's keyed-BLAKE3 leaves) on worker threads, one per core, so large requests
  * use both cores and leave the main thread free for the NBD protocol. Other requests ("inline") run as one
  * native job each on libuv's thread pool, on the caller's buffers: no copy and no worker round trip, and still
  * off the main thread.
