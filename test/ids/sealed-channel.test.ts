@@ -208,6 +208,14 @@ test('read-op and result encodings round-trip and refuse hostile input', () => {
     { kind: 'kv', addr: 0xffff_ffff_8100_0000n, len: READ_LIMITS.maxOpBytes },
     { kind: 'uv', cr3: 0x1234_5000n, addr: 0x7fff_0000n, len: 9 },
     { kind: 'list', head: 0xffff_ffff_8200_0000n, linkOffset: 0x4d8, len: 10_240, max: READ_LIMITS.maxListEntries },
+    {
+      kind: 'gather',
+      head: 0xffff_ffff_8200_0000n,
+      linkOffset: 0x4d8,
+      max: 400,
+      ranges: [{ off: 0, len: 16 }, { off: 0x4d0, len: 24 }],
+      follow: [{ ptrOffset: 0x720, ranges: [{ off: 4, len: 16 }] }, { ptrOffset: 0x728, ranges: [] }],
+    },
   ];
   assert.deepEqual(decodeReadOps(encodeReadOps(all)), all);
   const results: ReadResult[] = [
@@ -234,6 +242,14 @@ test('read-op and result encodings round-trip and refuse hostile input', () => {
   const tooLong = Buffer.from(enc);
   tooLong.writeUInt32LE(READ_LIMITS.maxOpBytes + 1, 4 + 1 + 8);
   assert.throws(() => decodeReadOps(tooLong), /outside/);
+  // A gather whose range count byte is over the limit, and one whose range runs past maxOpBytes.
+  const gatherAt = enc.length - encodeReadOps([all[4]!]).length + 4;
+  const tooManyRanges = Buffer.from(enc);
+  tooManyRanges[gatherAt + 1 + 8 + 4 + 4] = READ_LIMITS.maxGatherRanges + 1;
+  assert.throws(() => decodeReadOps(tooManyRanges), /ranges is over the limit/);
+  const pastEnd = Buffer.from(enc);
+  pastEnd.writeUInt32LE(READ_LIMITS.maxOpBytes, gatherAt + 1 + 8 + 4 + 4 + 1);
+  assert.throws(() => decodeReadOps(pastEnd), /outside/);
 
   const r = encodeReadResults(results);
   for (let n = 0; n < r.length; n += 7) assert.throws(() => decodeReadResults(r.subarray(0, n)), ProtocolError);

@@ -130,3 +130,38 @@ test('READ_LIMITS: ops over the per-op limits fail alone, batches over the batch
   const [one] = await source.read([{ kind: 'phys', addr: KPA + 0x1000n, len: 6 }]);
   assert.equal(ok(one).toString(), 'task-0');
 });
+
+test('gather walks the ring once and returns only the asked ranges, with followed pointers and their status', (t) => {
+  const { ram, reader, head, entries, put, u64 } = setup();
+  t.after(() => ram.remove());
+  // Entry i: a name at 0, a counter at 0x80, a pointer at 0x90 — to an object (0), NULL (1) or unmapped memory (2).
+  const targets = [K + 0x10_0000n, 0n, K + MiB2 + 0x40n];
+  put(targets[0]!, Buffer.from('cred'));
+  entries.forEach((e, i) => {
+    put(e + 0x80n, Buffer.of(0xa0 + i, 0, 0, 0));
+    put(e + 0x90n, u64(targets[i]!));
+  });
+  const op: ReadOp = { kind: 'gather', head, linkOffset: LINK, max: 100, ranges: [{ off: 0, len: 6 }, { off: 0x80, len: 4 }], follow: [{ ptrOffset: 0x90, ranges: [{ off: 0, len: 4 }] }] };
+  const [r] = executeReads(reader, [op]);
+  const data = ok(r);
+  const RECORD = 6 + 4 + 1 + 4;
+  assert.equal(data.length, 3 * RECORD);
+  assert.deepEqual(r?.ok && r.bases, entries);
+  const rec = (i: number) => data.subarray(i * RECORD, (i + 1) * RECORD);
+  assert.equal(rec(1).subarray(0, 6).toString(), 'task-1');
+  assert.equal(rec(2)[6], 0xa2);
+  assert.deepEqual([rec(0)[10], rec(1)[10], rec(2)[10]], [1, 0, 2]);
+  assert.equal(rec(0).subarray(11).toString(), 'cred');
+  assert.deepEqual(rec(2).subarray(11), Buffer.alloc(4));
+  // Limits: too many ranges, a range past maxOpBytes, a record over maxOpBytes, too many follows.
+  const many = Array.from({ length: READ_LIMITS.maxGatherRanges + 1 }, () => ({ off: 0, len: 1 }));
+  const bad: ReadOp[] = [
+    { ...op, ranges: many },
+    { ...op, ranges: [{ off: READ_LIMITS.maxOpBytes, len: 1 }] },
+    { ...op, ranges: [{ off: 0, len: READ_LIMITS.maxOpBytes }], follow: [{ ptrOffset: 0x90, ranges: [{ off: 0, len: 1 }] }] },
+    { ...op, follow: Array.from({ length: READ_LIMITS.maxGatherFollows + 1 }, () => ({ ptrOffset: 0x90, ranges: [] })) },
+  ];
+  for (const res of executeReads(reader, bad)) assert.equal(res.ok, false);
+  // The batch limit counts records times max.
+  assert.throws(() => executeReads(reader, [{ ...op, ranges: [{ off: 0, len: 4096 }], max: READ_LIMITS.maxListEntries }]), ReadBatchLimitError);
+});

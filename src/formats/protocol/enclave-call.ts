@@ -231,24 +231,109 @@ export const runCheckParamsSchema = z.strictObject({ name: checkNameField });
 export const checkResultSchema = z.strictObject({ name: checkNameField, alerts: z.array(z.json()).max(100_000), summary: z.json().optional() });
 export const pslistParamsSchema = z.strictObject({});
 /** A number read from the guest as the checks report it (pid_t, a uid, nr_threads; -1 for unreadable credentials): any i32 or u32. */
-const taskId = z.number().int().min(-0x8000_0000).max(0xffff_ffff);
-/**
- * One row of the process list (ids/checks/pslist.ts PsRow). Spelled out rather than z.json(): the
- * host validates every row, and a generic JSON schema cost more than the whole channel (issue 4).
+const TASK_ID_MIN = -0x8000_0000;
+const TASK_ID_MAX = 0xffff_ffff;
+const MAX_COMM_CHARS = 64;
+const MAX_STATE_CHARS = 8;
+const MAX_PS_ROWS = 1_000_000;
+
+/** One row of the process list (ids/checks/pslist.ts PsRow) as the host receives it (a type, so it reads as a plain record). */
+export type PsRowWire = {
+  pid: number;
+  ppid: number;
+  comm: string;
+  uid: number;
+  euid: number;
+  state: string;
+  threads: number;
+  kthread: boolean;
+  /** The task_struct's address, 0x-prefixed lower-case hex. */
+  task: string;
+};
+
+/*
+ * The pslist result is binary, not JSON: the host validates every row, and parsing a few hundred
+ * rows of JSON through a schema cost more than reading the guest (issue 4). All little-endian:
+ *   count u32, then per row: pid, ppid, uid, euid, threads as f64 (exact for i32 and u32),
+ *   kthread u8 (0|1), task u64, state len u8 + UTF-8, comm len u8 + UTF-8.
+ * Fixed part of a row: 5 × 8 + 1 + 8 + 1 + 1 bytes.
  */
-export const psRowSchema = z.strictObject({
-  pid: taskId,
-  ppid: taskId,
-  comm: z.string().max(64),
-  uid: taskId,
-  euid: taskId,
-  state: z.string().max(8),
-  threads: taskId,
-  kthread: z.boolean(),
-  task: z.string().regex(/^0x[0-9a-f]{1,16}$/, 'must be a hex kernel address'),
-});
-export type PsRowWire = z.output<typeof psRowSchema>;
-export const pslistResultSchema = z.strictObject({ processes: z.array(psRowSchema).max(1_000_000) });
+const PS_ROW_FIXED = 51;
+
+function checkTaskId(v: number, what: string): number {
+  if (!Number.isInteger(v) || v < TASK_ID_MIN || v > TASK_ID_MAX) throw new EnclaveCallError(`pslist: ${what} ${v} is not an i32 or u32`);
+  return v;
+}
+
+function rowText(v: string, maxChars: number, what: string): Buffer {
+  if (typeof v !== 'string' || v.length > maxChars) throw new EnclaveCallError(`pslist: ${what} is longer than ${maxChars} characters`);
+  const b = Buffer.from(v, 'utf8');
+  if (b.length > 255) throw new EnclaveCallError(`pslist: ${what} is longer than 255 bytes`);
+  return b;
+}
+
+export function encodePsRows(rows: readonly PsRowWire[]): Buffer {
+  if (rows.length > MAX_PS_ROWS) throw new EnclaveCallError(`pslist: ${rows.length} rows is over the limit of ${MAX_PS_ROWS}`);
+  const texts = rows.map((r) => [rowText(r.state, MAX_STATE_CHARS, 'state'), rowText(r.comm, MAX_COMM_CHARS, 'comm')] as const);
+  const size = texts.reduce((n, [st, c]) => n + PS_ROW_FIXED + st.length + c.length, 4);
+  const b = Buffer.allocUnsafe(size);
+  let at = b.writeUInt32LE(rows.length, 0);
+  rows.forEach((r, i) => {
+    for (const [v, what] of [[r.pid, 'pid'], [r.ppid, 'ppid'], [r.uid, 'uid'], [r.euid, 'euid'], [r.threads, 'threads']] as const) at = b.writeDoubleLE(checkTaskId(v, what), at);
+    at = b.writeUInt8(r.kthread ? 1 : 0, at);
+    if (!/^0x[0-9a-f]{1,16}$/.test(r.task)) throw new EnclaveCallError('pslist: task must be a hex kernel address');
+    at = b.writeBigUInt64LE(BigInt(r.task), at);
+    const [st, c] = texts[i] as readonly [Buffer, Buffer];
+    at = b.writeUInt8(st.length, at);
+    at += st.copy(b, at);
+    at = b.writeUInt8(c.length, at);
+    at += c.copy(b, at);
+  });
+  return b;
+}
+
+/** Decodes and validates a pslist result; short input, trailing bytes or a bad field is an EnclaveCallError. */
+export function decodePsRows(payload: Buffer): PsRowWire[] {
+  const need = (at: number, n: number): void => {
+    if (payload.length - at < n) throw new EnclaveCallError(`pslist result truncated at byte ${at}`);
+  };
+  need(0, 4);
+  const count = payload.readUInt32LE(0);
+  if (count > MAX_PS_ROWS || count * PS_ROW_FIXED > payload.length - 4) throw new EnclaveCallError(`pslist result: ${count} rows cannot fit in ${payload.length} bytes`);
+  const rows: PsRowWire[] = new Array(count);
+  let at = 4;
+  const id = (what: string): number => {
+    const v = checkTaskId(payload.readDoubleLE(at), what);
+    at += 8;
+    return v;
+  };
+  const text = (maxChars: number, what: string): string => {
+    need(at, 1);
+    const n = payload[at++] as number;
+    need(at, n);
+    const v = payload.toString('utf8', at, at + n);
+    at += n;
+    if (v.length > maxChars) throw new EnclaveCallError(`pslist result: ${what} is longer than ${maxChars} characters`);
+    return v;
+  };
+  for (let i = 0; i < count; i++) {
+    need(at, PS_ROW_FIXED);
+    const pid = id('pid');
+    const ppid = id('ppid');
+    const uid = id('uid');
+    const euid = id('euid');
+    const threads = id('threads');
+    const k = payload[at++];
+    if (k !== 0 && k !== 1) throw new EnclaveCallError(`pslist result: kthread byte ${k}`);
+    const task = `0x${payload.readBigUInt64LE(at).toString(16)}`;
+    at += 8;
+    const state = text(MAX_STATE_CHARS, 'state');
+    const comm = text(MAX_COMM_CHARS, 'comm');
+    rows[i] = { pid, ppid, comm, uid, euid, state, threads, kthread: k === 1, task };
+  }
+  if (at !== payload.length) throw new EnclaveCallError(`pslist result: ${payload.length - at} trailing bytes`);
+  return rows;
+}
 export const stopParamsSchema = z.strictObject({});
 
 export const logParamsSchema = z.strictObject({ level: z.enum(['debug', 'info', 'warn', 'error']), message: z.string().max(MAX_LOG_BYTES) });

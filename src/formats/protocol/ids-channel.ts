@@ -6,19 +6,22 @@
  *             1 phys / 2 kv: addr u64, len u32
  *             3 uv:          cr3 u64, addr u64, len u32
  *             4 list:        head u64, linkOffset u32, len u32, max u32
+ *             5 gather:      head u64, linkOffset u32, max u32, ranges, follows count u8,
+ *                            per follow: ptrOffset u32, ranges
+ *             ranges = count u8, then per range: off u32, len u32
  *   results = count u32, then per result: status u8
  *             0 ok:            len u32, data
- *             1 ok with bases: n u32, n × base u64, len u32, data (len = n × entry size, not checked here)
+ *             1 ok with bases: n u32, n × base u64, len u32, data (len = n × entry or record size, not checked here)
  * Data and bases together count against READ_LIMITS.maxBatchBytes.
  *             2 error:         len u16, UTF-8 message (at most 1024 bytes)
  *
  * Decoders enforce READ_LIMITS, refuse unknown kinds, short input and trailing bytes, and never
  * allocate more than the input holds: result data are views into the (freshly decrypted) input.
  */
-import { READ_LIMITS, type ReadOp, type ReadResult } from './ids-read.ts';
+import { READ_LIMITS, gatherRecordBytes, type ReadOp, type ReadRange, type ReadResult } from './ids-read.ts';
 import { ProtocolError } from './fields.ts';
 
-const KIND = { phys: 1, kv: 2, uv: 3, list: 4 } as const;
+const KIND = { phys: 1, kv: 2, uv: 3, list: 4, gather: 5 } as const;
 const OK = 0;
 const OK_BASES = 1;
 const ERR = 2;
@@ -34,6 +37,8 @@ function opSize(op: ReadOp): number {
       return 1 + 8 + 8 + 4;
     case 'list':
       return 1 + 8 + 4 + 4 + 4;
+    case 'gather':
+      return 1 + 8 + 4 + 4 + 1 + 8 * op.ranges.length + 1 + op.follow.reduce((n, f) => n + 4 + 1 + 8 * f.ranges.length, 0);
   }
 }
 
@@ -45,7 +50,29 @@ function checkLen(v: number, max: number, what: string): void {
   if (!Number.isInteger(v) || v < 0 || v > max) throw new ProtocolError('IDS read ops', `${what} ${v} is outside 0..${max}`);
 }
 
+function checkRanges(ranges: readonly ReadRange[], what: string): void {
+  if (!Array.isArray(ranges) || ranges.length > READ_LIMITS.maxGatherRanges) throw new ProtocolError('IDS read ops', `${what}: more than ${READ_LIMITS.maxGatherRanges} ranges`);
+  for (const r of ranges) {
+    checkLen(r.off, READ_LIMITS.maxOpBytes, `${what} offset`);
+    checkLen(r.len, READ_LIMITS.maxOpBytes - r.off, `${what} length`);
+  }
+}
+
+function checkGather(op: Extract<ReadOp, { kind: 'gather' }>): void {
+  checkU64(op.head, 'head');
+  checkLen(op.linkOffset, READ_LIMITS.maxOpBytes - 8, 'linkOffset');
+  checkLen(op.max, READ_LIMITS.maxListEntries, 'max');
+  checkRanges(op.ranges, 'gather');
+  if (!Array.isArray(op.follow) || op.follow.length > READ_LIMITS.maxGatherFollows) throw new ProtocolError('IDS read ops', `more than ${READ_LIMITS.maxGatherFollows} follows`);
+  for (const f of op.follow) {
+    checkLen(f.ptrOffset, READ_LIMITS.maxOpBytes - 8, 'ptrOffset');
+    checkRanges(f.ranges, 'follow');
+  }
+  checkLen(gatherRecordBytes(op), READ_LIMITS.maxOpBytes, 'record size');
+}
+
 function checkOp(op: ReadOp): void {
+  if (op.kind === 'gather') return checkGather(op);
   checkLen(op.len, READ_LIMITS.maxOpBytes, 'len');
   switch (op.kind) {
     case 'phys':
@@ -91,9 +118,39 @@ export function encodeReadOps(ops: readonly ReadOp[]): Buffer {
         at = b.writeUInt32LE(op.len, at);
         at = b.writeUInt32LE(op.max, at);
         break;
+      case 'gather':
+        at = b.writeBigUInt64LE(op.head, at);
+        at = b.writeUInt32LE(op.linkOffset, at);
+        at = b.writeUInt32LE(op.max, at);
+        at = writeRanges(b, at, op.ranges);
+        at = b.writeUInt8(op.follow.length, at);
+        for (const f of op.follow) {
+          at = b.writeUInt32LE(f.ptrOffset, at);
+          at = writeRanges(b, at, f.ranges);
+        }
+        break;
     }
   }
   return b;
+}
+
+function writeRanges(b: Buffer, at: number, ranges: readonly ReadRange[]): number {
+  at = b.writeUInt8(ranges.length, at);
+  for (const r of ranges) {
+    at = b.writeUInt32LE(r.off, at);
+    at = b.writeUInt32LE(r.len, at);
+  }
+  return at;
+}
+
+/** A count u8 and that many ranges; the count is checked against the limit before anything is allocated. */
+function readRanges(r: Reader): ReadRange[] {
+  const n = r.u8();
+  if (n > READ_LIMITS.maxGatherRanges) throw new ProtocolError(r.what, `${n} ranges is over the limit of ${READ_LIMITS.maxGatherRanges}`);
+  r.need(8 * n);
+  const ranges: ReadRange[] = new Array(n);
+  for (let i = 0; i < n; i++) ranges[i] = { off: r.u32(), len: r.u32() };
+  return ranges;
 }
 
 /** A bounds-checked cursor: every read past the end is a ProtocolError naming `what`. */
@@ -162,6 +219,18 @@ export function decodeReadOps(bytes: Buffer): ReadOp[] {
       case KIND.list:
         op = { kind: 'list', head: r.u64(), linkOffset: r.u32(), len: r.u32(), max: r.u32() };
         break;
+      case KIND.gather: {
+        const head = r.u64();
+        const linkOffset = r.u32();
+        const max = r.u32();
+        const ranges = readRanges(r);
+        const n = r.u8();
+        if (n > READ_LIMITS.maxGatherFollows) throw new ProtocolError(r.what, `${n} follows is over the limit of ${READ_LIMITS.maxGatherFollows}`);
+        const follow = [];
+        for (let j = 0; j < n; j++) follow.push({ ptrOffset: r.u32(), ranges: readRanges(r) });
+        op = { kind: 'gather', head, linkOffset, max, ranges, follow };
+        break;
+      }
       default:
         throw new ProtocolError(r.what, `op ${i} has unknown kind ${kind}`);
     }
@@ -249,4 +318,65 @@ export function decodeReadResults(bytes: Buffer): ReadResult[] {
   }
   r.end();
   return results;
+}
+
+/*
+ * The relay stream between the host library and the monitor (docs/ids.md): one upgraded connection
+ * per session instead of an HTTP request per frame. Both directions are length-prefixed messages,
+ *   message = len (u32 BE) ‖ body
+ * request bodies are channel request frames (at most IDS_STREAM_MAX_REQUEST_BYTES, as the HTTP
+ * route's body limit); reply bodies are status (u8) ‖ the response frame (status ok) or the
+ * refusal as UTF-8 JSON { error, code } (any other status). Replies come in request order.
+ */
+export const IDS_STREAM_PROTOCOL = 'vmseal-ids-channel/1';
+export const IDS_STREAM_MAX_REQUEST_BYTES = 256 * 1024;
+export const IdsStreamStatus = { ok: 0, refused: 1, badRequest: 2, notFound: 3, internal: 4 } as const;
+export type IdsStreamStatus = (typeof IdsStreamStatus)[keyof typeof IdsStreamStatus];
+const STREAM_STATUSES = new Set<number>(Object.values(IdsStreamStatus));
+
+/** The 4-byte prefix of a message whose body is `bodyBytes` long (the body is written after it, not copied). */
+export function idsStreamPrefix(bodyBytes: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(bodyBytes, 0);
+  return b;
+}
+
+/** Splits a byte stream into message bodies; a length over `maxBytes` breaks it for good. */
+export class IdsStreamDecoder {
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  #broken: ProtocolError | undefined;
+
+  constructor(private readonly maxBytes: number) {}
+
+  push(chunk: Buffer): Buffer[] {
+    if (this.#broken) throw this.#broken;
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+    const out: Buffer[] = [];
+    while (this.#buffered >= 4) {
+      const head = this.#chunks[0]!.length >= 4 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+      const len = head.readUInt32BE(0);
+      if (len > this.maxBytes) {
+        this.#broken = new ProtocolError('IDS relay stream', `message of ${len} bytes is over the limit of ${this.maxBytes}`);
+        this.#chunks = [];
+        this.#buffered = 0;
+        throw this.#broken;
+      }
+      if (this.#buffered < 4 + len) break;
+      const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
+      out.push(all.subarray(4, 4 + len));
+      const rest = all.subarray(4 + len);
+      this.#chunks = rest.length > 0 ? [rest] : [];
+      this.#buffered = rest.length;
+    }
+    return out;
+  }
+}
+
+/** Splits a reply body into its status and payload. */
+export function decodeIdsStreamReply(body: Buffer): { status: IdsStreamStatus; payload: Buffer } {
+  const status = body[0];
+  if (status === undefined || !STREAM_STATUSES.has(status)) throw new ProtocolError('IDS relay stream', status === undefined ? 'empty reply' : `unknown reply status ${status}`);
+  return { status: status as IdsStreamStatus, payload: body.subarray(1) };
 }

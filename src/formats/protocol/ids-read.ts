@@ -15,10 +15,46 @@ export type ReadOp =
    * after `max` entries, or at the first unreadable link. The monitor knows nothing of the structure:
    * the IDS computed `linkOffset` from BTF.
    */
-  | { kind: 'list'; head: bigint; linkOffset: number; len: number; max: number };
+  | { kind: 'list'; head: bigint; linkOffset: number; len: number; max: number }
+  /**
+   * The same ring walk, but each entry comes back as a record of only what the IDS needs: the
+   * `ranges` of the entry (offsets from its base), then for each of `follow`, one status byte
+   * (FOLLOW_STATUS) and the follow's `ranges` read at the pointer stored at `ptrOffset` in the entry
+   * (zeros unless the status is ok). A task list with its credentials and signal structs is one op.
+   */
+  | { kind: 'gather'; head: bigint; linkOffset: number; max: number; ranges: readonly ReadRange[]; follow: readonly ReadFollow[] };
+
+/** `len` bytes at `off` from an object's address. */
+export interface ReadRange {
+  off: number;
+  len: number;
+}
+
+/** A pointer member of a list entry (at `ptrOffset`) and what to read of its target. */
+export interface ReadFollow {
+  ptrOffset: number;
+  ranges: readonly ReadRange[];
+}
+
+/** The byte in front of each follow's bytes in a 'gather' record. */
+export const FOLLOW_STATUS = { null: 0, ok: 1, unreadable: 2 } as const;
+
+/** Bytes of one 'gather' record. */
+export function gatherRecordBytes(op: { ranges: readonly ReadRange[]; follow: readonly ReadFollow[] }): number {
+  let n = 0;
+  for (const r of op.ranges) n += r.len;
+  for (const f of op.follow) {
+    n += 1;
+    for (const r of f.ranges) n += r.len;
+  }
+  return n;
+}
 
 export type ReadResult =
-  /** For 'list': `data` is the entries' snapshots back to back (`len` bytes each), `bases` their addresses. */
+  /**
+   * For 'list': `data` is the entries' snapshots back to back (`len` bytes each), `bases` their
+   * addresses; for 'gather' the same with records (gatherRecordBytes each).
+   */
   | { ok: true; data: Buffer; bases?: bigint[] }
   | { ok: false; error: string };
 
@@ -30,6 +66,10 @@ export const READ_LIMITS = {
   maxOps: 4096,
   /** Entries one 'list' op may follow. */
   maxListEntries: 1 << 16,
+  /** Ranges of one 'gather' op: of the entry, and of each follow. */
+  maxGatherRanges: 64,
+  /** Pointers one 'gather' op may follow per entry. */
+  maxGatherFollows: 16,
   /** Bytes one batch may return in total. */
   maxBatchBytes: 32 << 20,
 } as const;

@@ -18,6 +18,7 @@ import {
   Ocall,
   decodeJsonPayload,
   encodeJson,
+  encodePsRows,
   heartbeatParamsSchema,
   initParamsSchema,
   pslistParamsSchema,
@@ -162,7 +163,7 @@ async function serve(type: number, payload: Buffer): Promise<Uint8Array> {
     }
     case Ecall.pslist:
       decodeJsonPayload('pslist', pslistParamsSchema, payload);
-      return encodeJson({ processes: await processList(await context()) });
+      return encodePsRows(await processList(await context()));
     case Ecall.stop:
       decodeJsonPayload('stop', stopParamsSchema, payload);
       setImmediate(() => process.exit(0));

@@ -8,11 +8,11 @@ import {
   Ecall,
   Ocall,
   decodeJsonPayload,
+  decodePsRows,
   encodeJson,
   heartbeatResultSchema,
   initResultSchema,
   logParamsSchema,
-  pslistResultSchema,
   checkResultSchema,
   registerResultSchema,
   registeredResultSchema,
@@ -115,7 +115,7 @@ export class EnclaveHost {
   }
 
   async pslist(): Promise<PsRowWire[]> {
-    return (await this.ecall(Ecall.pslist, 'pslist result', {}, pslistResultSchema)).processes;
+    return decodePsRows(await this.peer.call(Ecall.pslist, encodeJson({})));
   }
 
   /** Asks the enclave to stop; kills it if it has not exited within `graceMs`. */

@@ -8,10 +8,10 @@ import { z } from 'zod';
 import type { EnclaveConfig } from '../../formats/protocol/enclave-call.ts';
 import { idsRegisterResponseSchema, idsSignResponseSchema } from '../../formats/protocol/ids-registration.ts';
 import { EnclaveHost, type EnclaveHostOptions } from './enclave-host.ts';
+import { MonitorFrameStream } from './frame-stream.ts';
 import { relayHeartbeats } from './heartbeat-relay.ts';
 import { relayImaRequests } from './ima-relay.ts';
-import { IdsHostRequestError, jsonCall, rawCall, type Target } from './http.ts';
-import { MAX_FRAME_BYTES } from '../../formats/protocol/enclave-call.ts';
+import { IdsHostRequestError, jsonCall, type Target } from './http.ts';
 
 const hostInfoSchema = z.object({ hostId: z.string().max(64), certificate: z.string().max(16_384) });
 
@@ -33,26 +33,6 @@ export interface IdsSession {
   close(): Promise<void>;
 }
 
-/** Relays one sealed channel frame to the monitor. */
-export async function relayChannelFrame(monitorSocket: string, sessionId: string, frame: Buffer): Promise<Buffer> {
-  const reply = await rawCall({ socketPath: monitorSocket }, 'POST', `/v1/ids/sessions/${encodeURIComponent(sessionId)}/reads`, frame, {
-    contentType: 'application/octet-stream',
-    timeoutMs: 60_000,
-    maxBytes: MAX_FRAME_BYTES,
-  });
-  if (reply.status !== 200) {
-    let message = `status ${reply.status}`;
-    try {
-      const e = JSON.parse(reply.body.toString('utf8')) as { error?: unknown };
-      if (typeof e.error === 'string') message = e.error.slice(0, 500);
-    } catch {
-      // not JSON: keep the status
-    }
-    throw new IdsHostRequestError(`monitor refused a channel frame: ${message}`, reply.status);
-  }
-  return reply.body;
-}
-
 export async function startIdsSession(opts: IdsSessionOptions): Promise<IdsSession> {
   const monitor: Target = { socketPath: opts.monitorSocket };
   const authority: Target = { url: opts.authorityUrl };
@@ -60,14 +40,17 @@ export async function startIdsSession(opts: IdsSessionOptions): Promise<IdsSessi
   if (!host) throw new IdsHostRequestError('the monitor sent no host information');
 
   let sessionId = '';
+  // One upgraded connection carries the session's frames (frame-stream.ts).
+  const frames = new MonitorFrameStream(opts.monitorSocket, () => sessionId);
   const enclave = await EnclaveHost.start(opts.config, {
     ...opts,
-    relayRead: (frame) => relayChannelFrame(opts.monitorSocket, sessionId, frame),
+    relayRead: (frame) => frames.exchange(frame),
   });
   const abort = new AbortController();
   let relay: Promise<void> = Promise.resolve();
   const close = async (): Promise<void> => {
     abort.abort();
+    frames.close();
     await enclave.stop();
     await relay;
   };

@@ -3,7 +3,7 @@
  * checks that every reply has the shape its op asked for (a source is only as honest as the
  * monitor behind it; a short or missing result must fail loudly, not decode as zeros).
  */
-import { READ_LIMITS, type MemorySource, type ReadOp, type ReadResult } from '../../formats/protocol/ids-read.ts';
+import { READ_LIMITS, gatherRecordBytes, type MemorySource, type ReadOp, type ReadResult } from '../../formats/protocol/ids-read.ts';
 
 export class ReadFailure extends Error {
   constructor(
@@ -19,6 +19,8 @@ export function describeOp(op: ReadOp): string {
   switch (op.kind) {
     case 'list':
       return `list at ${hex(op.head)} (+${op.linkOffset}, ${op.len} bytes each)`;
+    case 'gather':
+      return `gather at ${hex(op.head)} (+${op.linkOffset}, ${gatherRecordBytes(op)} bytes each)`;
     case 'uv':
       return `uv ${hex(op.addr)}+${op.len} (cr3 ${hex(op.cr3)})`;
     default:
@@ -28,7 +30,7 @@ export function describeOp(op: ReadOp): string {
 
 /** Bytes an op may return, for splitting batches under maxBatchBytes. */
 function opBytes(op: ReadOp): number {
-  return op.kind === 'list' ? op.len * op.max : op.len;
+  return op.kind === 'list' ? op.len * op.max : op.kind === 'gather' ? gatherRecordBytes(op) * op.max : op.len;
 }
 
 export interface BatchStats {
@@ -66,9 +68,10 @@ export async function readBatched(source: MemorySource, ops: readonly ReadOp[], 
 
 function checkShape(op: ReadOp, r: ReadResult): ReadResult {
   if (!r.ok) return r;
-  if (op.kind === 'list') {
+  if (op.kind === 'list' || op.kind === 'gather') {
     const n = r.bases?.length ?? -1;
-    if (n < 0 || n > op.max || r.data.length !== n * op.len) throw new ReadFailure(op, `malformed list reply (${n} bases, ${r.data.length} bytes)`);
+    const each = op.kind === 'list' ? op.len : gatherRecordBytes(op);
+    if (n < 0 || n > op.max || r.data.length !== n * each) throw new ReadFailure(op, `malformed ${op.kind} reply (${n} bases, ${r.data.length} bytes)`);
   } else if (r.data.length !== op.len) throw new ReadFailure(op, `reply has ${r.data.length} bytes, asked ${op.len}`);
   return r;
 }

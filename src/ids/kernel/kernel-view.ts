@@ -4,7 +4,7 @@
  * channel). Round trips are what cost: a struct is one op, a list ring is one op, N derefs are one
  * request.
  */
-import { READ_LIMITS, type MemorySource, type ReadOp } from '../../formats/protocol/ids-read.ts';
+import { FOLLOW_STATUS, READ_LIMITS, gatherRecordBytes, type MemorySource, type ReadOp, type ReadRange } from '../../formats/protocol/ids-read.ts';
 import { dataOf, readBatched, type BatchStats } from './batched-reads.ts';
 import { cString, KPtr, makeKObj, type Dereferencer, type KObj } from './kobject.ts';
 import type { ListHead } from './linux-types.ts';
@@ -35,10 +35,36 @@ export interface ListOptions {
   /** Most entries to return. */
   max?: number;
   /**
-   * Read only these members of each entry, in a few windows (a task_struct is ~10 KiB, the fields a
-   * check needs take a tenth of it); reading any other member throws.
+   * Read only these members of each entry (a task_struct is ~10 KiB, the fields a check needs take
+   * about 150 bytes); reading any other member throws.
    */
   fields?: readonly string[];
+}
+
+export interface GatherOptions {
+  max?: number;
+  /** Members of each entry to read (the list member and followed pointers are added). */
+  fields: readonly string[];
+  /** Pointer member of the entry → the members of its target struct to read. */
+  follow?: Readonly<Record<string, readonly string[]>>;
+}
+
+export interface Gathered<T extends object> {
+  entry: KObj<T>;
+  /** By pointer member: its target's snapshot, or null when NULL or unreadable. */
+  follow: Record<string, KObj<object> | null>;
+}
+
+/** Sorts spans and merges those less than `gap` bytes apart. */
+function mergeSpans(spans: ReadonlyArray<readonly [number, number]>, gap: number): Array<readonly [number, number]> {
+  const sorted = [...spans].sort((a, b) => a[0] - b[0]);
+  const merged: Array<[number, number]> = [];
+  for (const [from, to] of sorted) {
+    const last = merged[merged.length - 1];
+    if (last && from <= last[1] + gap) last[1] = Math.max(last[1], to);
+    else merged.push([from, to]);
+  }
+  return merged;
 }
 
 export class KernelView implements Dereferencer {
@@ -140,64 +166,97 @@ export class KernelView implements Dereferencer {
 
   /**
    * Every entry of a kernel list, like `list_for_each_entry(pos, head, member)`: one 'list' op
-   * returns all snapshots. `head` is the list_head object (its address is what counts) or an address.
+   * returns all snapshots (with `fields`, one 'gather' op returns only those members).
+   * `head` is the list_head object (its address is what counts) or an address.
    */
   async list<T extends object>(head: KObj<ListHead> | bigint, typeName: string, member: string, opts: ListOptions = {}): Promise<KObj<T>[]> {
+    if (opts.fields) return (await this.gather<T>(head, typeName, member, { ...opts, fields: opts.fields })).map((g) => g.entry);
     const headAddr = typeof head === 'bigint' ? head : head.$addr;
     const linkOffset = this.model.offsetOf(typeName, member).offset;
-    const windows = opts.fields ? this.listWindows(typeName, linkOffset, [member, ...opts.fields]) : [[0, this.model.sizeOf(typeName)] as const];
-    const windowed = opts.fields !== undefined && (windows.length > 1 || (windows[0] as readonly [number, number])[0] !== 0);
-    const span = Math.max(...windows.map(([, to]) => to));
-    const bytesPerEntry = windows.reduce((n, [from, to]) => n + to - from, 0);
-    const perOp = Math.max(1, Math.min(READ_LIMITS.maxListEntries, Math.floor(READ_LIMITS.maxBatchBytes / bytesPerEntry)));
-    const limit = opts.max ?? READ_LIMITS.maxListEntries;
+    const len = this.model.sizeOf(typeName);
     const out: KObj<T>[] = [];
-    let from = headAddr;
-    // A ring longer than one op allows continues from its last entry; the real head then shows up
-    // as an entry and ends the walk.
-    while (out.length < limit) {
-      const max = Math.min(perOp, limit - out.length);
-      // One walk per window, all in one request: `base = next - (linkOffset - window start)` points
-      // the monitor's snapshot at the window, so no walk carries the bytes between windows.
-      const ops: ReadOp[] = windows.map(([start, end]) => ({ kind: 'list', head: from, linkOffset: linkOffset - start, len: end - start, max }));
-      const results = await readBatched(this.source, ops, this.stats);
-      const walks = ops.map((op, w) => {
-        const r = results[w] as NonNullable<(typeof results)[number]>;
-        const start = (windows[w] as readonly [number, number])[0];
-        const data = dataOf(op, r);
-        const bases = ((r.ok && r.bases) || []).map((b) => b - BigInt(start));
-        return { op, data, bases, at: new Map(bases.map((b, i) => [b, i])) };
-      });
-      const main = walks[0] as (typeof walks)[number];
-      let reachedHead = false;
-      const late = new Map<bigint, Buffer>();
-      for (let i = 0; i < main.bases.length; i++) {
-        const base = main.bases[i] as bigint;
-        if (base + BigInt(linkOffset) === headAddr) {
-          reachedHead = true;
-          break;
-        }
-        if (!windowed) {
-          out.push(makeKObj<T>(this.model, this, typeName, base, Buffer.from(main.data.subarray(i * main.op.len, (i + 1) * main.op.len)), 0, opts.fields !== undefined));
-          continue;
-        }
-        const buf = Buffer.alloc(span);
-        let whole = true;
-        walks.forEach((walk, w) => {
-          const j = walk.at.get(base);
-          const len = (walk.op as { len: number }).len;
-          if (j === undefined) whole = false;
-          else walk.data.copy(buf, (windows[w] as readonly [number, number])[0], j * len, (j + 1) * len);
-        });
-        if (!whole) late.set(base, buf);
-        out.push(makeKObj<T>(this.model, this, typeName, base, buf, 0, true, windows));
-      }
-      // An entry linked in between two walks of the same request: read its windows on their own.
-      if (late.size > 0) await this.fillWindows(late, windows);
-      if (reachedHead || main.bases.length < max) break;
-      from = (main.bases[main.bases.length - 1] as bigint) + BigInt(linkOffset);
-    }
+    await this.walk(headAddr, linkOffset, len, opts.max, (max, from) => ({ kind: 'list', head: from, linkOffset, len, max }), (base, data) => {
+      out.push(makeKObj<T>(this.model, this, typeName, base, Buffer.from(data)));
+    });
     return out;
+  }
+
+  /**
+   * The entries of a kernel list with only `fields` read, and for each member named in `follow` (a
+   * pointer member), the named fields of the struct it points to: the monitor follows the pointers
+   * during the walk, so a task list with its credentials is one op. A followed pointer that is NULL
+   * or cannot be read gives null (a guest that runs while we read may free objects under us).
+   */
+  async gather<T extends object>(head: KObj<ListHead> | bigint, typeName: string, member: string, opts: GatherOptions): Promise<Gathered<T>[]> {
+    const headAddr = typeof head === 'bigint' ? head : head.$addr;
+    const linkOffset = this.model.offsetOf(typeName, member).offset;
+    const follows = Object.entries(opts.follow ?? {}).map(([name, fields]) => {
+      const ptr = this.model.offsetOf(typeName, name);
+      const target = ptr.type.kind === 'pointer' && ptr.type.target.kind === 'struct' ? ptr.type.target.name : null;
+      if (!target) throw new Error(`gather: ${typeName}.${name} is not a pointer to a struct`);
+      return { name, target, ptrOffset: ptr.offset, spans: this.exactSpans(target, fields) };
+    });
+    const spans = this.exactSpans(typeName, [member, ...opts.fields, ...follows.map((f) => f.name)]);
+    const toRanges = (ss: ReadonlyArray<readonly [number, number]>): ReadRange[] => ss.map(([from, to]) => ({ off: from, len: to - from }));
+    const ranges = toRanges(spans);
+    const follow = follows.map((f) => ({ ptrOffset: f.ptrOffset, ranges: toRanges(f.spans) }));
+    const record = gatherRecordBytes({ ranges, follow });
+    const out: Gathered<T>[] = [];
+    const sparse = (sp: ReadonlyArray<readonly [number, number]>, data: Buffer, at: number): [Buffer, number] => {
+      const buf = Buffer.alloc(Math.max(0, ...sp.map(([, to]) => to)));
+      for (const [from, to] of sp) at += data.copy(buf, from, at, at + to - from);
+      return [buf, at];
+    };
+    await this.walk(headAddr, linkOffset, record, opts.max, (max, from) => ({ kind: 'gather', head: from, linkOffset, max, ranges, follow }), (base, data) => {
+      const [buf, afterEntry] = sparse(spans, data, 0);
+      const entry = makeKObj<T>(this.model, this, typeName, base, buf, 0, true, spans);
+      let at = afterEntry;
+      const followed: Record<string, KObj<object> | null> = {};
+      for (const f of follows) {
+        const status = data[at++];
+        const [fbuf, next] = sparse(f.spans, data, at);
+        at = next;
+        const addr = (entry.$get(f.name) as KPtr<object>).addr;
+        followed[f.name] = status === FOLLOW_STATUS.ok ? makeKObj<object>(this.model, this, f.target, addr, fbuf, 0, true, f.spans) : null;
+      }
+      out.push({ entry, follow: followed });
+    });
+    return out;
+  }
+
+  /**
+   * Runs a ring walk op (made by `opFor(max, from)`) until it comes back to the head: a ring longer
+   * than one op allows continues from its last entry, and the real head then shows up as an entry
+   * and ends the walk. `each` gets every entry's base and its `entryBytes` of data.
+   */
+  private async walk(headAddr: bigint, linkOffset: number, entryBytes: number, limit: number | undefined, opFor: (max: number, from: bigint) => ReadOp, each: (base: bigint, data: Buffer) => void): Promise<void> {
+    const perOp = Math.max(1, Math.min(READ_LIMITS.maxListEntries, Math.floor(READ_LIMITS.maxBatchBytes / Math.max(1, entryBytes))));
+    const most = limit ?? READ_LIMITS.maxListEntries;
+    let count = 0;
+    let from = headAddr;
+    while (count < most) {
+      const max = Math.min(perOp, most - count);
+      const op = opFor(max, from);
+      const [r] = await readBatched(this.source, [op], this.stats);
+      const data = dataOf(op, r as NonNullable<typeof r>);
+      const bases = (r?.ok && r.bases) || [];
+      for (let i = 0; i < bases.length; i++) {
+        const base = bases[i] as bigint;
+        if (base + BigInt(linkOffset) === headAddr) return;
+        each(base, data.subarray(i * entryBytes, (i + 1) * entryBytes));
+        count++;
+      }
+      if (bases.length < max) return;
+      from = (bases[bases.length - 1] as bigint) + BigInt(linkOffset);
+    }
+  }
+
+  /** The byte ranges of `fields`, merged only where they touch or overlap. */
+  private exactSpans(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
+    return mergeSpans(fields.map((f) => {
+      const x = this.model.offsetOf(typeName, f);
+      return [x.offset, x.offset + x.type.size] as const;
+    }), 0);
   }
 
   /**
@@ -206,41 +265,10 @@ export class KernelView implements Dereferencer {
    * past 2 KiB) is read as those clusters alone.
    */
   fieldWindows(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
-    const spans = fields.map((f) => {
+    return mergeSpans(fields.map((f) => {
       const x = this.model.offsetOf(typeName, f);
       return [x.offset, x.offset + x.type.size] as const;
-    });
-    spans.sort((a, b) => a[0] - b[0]);
-    const merged: Array<[number, number]> = [];
-    for (const [from, to] of spans) {
-      const last = merged[merged.length - 1];
-      if (last && from <= last[1] + WINDOW_GAP) last[1] = Math.max(last[1], to);
-      else merged.push([from, to]);
-    }
-    return merged;
-  }
-
-  /**
-   * Windows for a list walk, the one holding the link first (its walk follows the links itself).
-   * A walk's snapshot cannot start past its link (the op's link offset is unsigned), so windows
-   * after the link's are merged into it.
-   */
-  private listWindows(typeName: string, linkOffset: number, fields: readonly string[]): Array<readonly [number, number]> {
-    const ws = this.fieldWindows(typeName, fields);
-    const before = ws.filter(([, to]) => to <= linkOffset);
-    const rest = ws.filter(([, to]) => to > linkOffset);
-    return [[Math.min(...rest.map(([from]) => from)), Math.max(...rest.map(([, to]) => to))], ...before];
-  }
-
-  private async fillWindows(bufs: ReadonlyMap<bigint, Buffer>, windows: ReadonlyArray<readonly [number, number]>): Promise<void> {
-    const ops: ReadOp[] = [...bufs.keys()].flatMap((a) => windows.map(([from, to]) => ({ kind: 'kv', addr: a + BigInt(from), len: to - from }) as ReadOp));
-    const res = await readBatched(this.source, ops, this.stats);
-    [...bufs.values()].forEach((buf, i) => {
-      windows.forEach(([from], w) => {
-        const k = i * windows.length + w;
-        dataOf(ops[k] as ReadOp, res[k] as NonNullable<(typeof res)[number]>).copy(buf, from);
-      });
-    });
+    }), WINDOW_GAP);
   }
 
   /** `for await (const t of k.listEntries(init.tasks, 'task_struct', 'tasks'))`. */

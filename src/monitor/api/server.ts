@@ -20,6 +20,7 @@ import { vmIdHex } from '../../formats/protocol/fields.ts';
 import { idsRegisterRequestSchema, sessionIdHex as idsSessionIdHex } from '../../formats/protocol/ids-registration.ts';
 import { MONITOR_ATTEST_ROUTE, attestRequestSchema } from '../../formats/protocol/attestation.ts';
 import { UnknownIdsSessionError } from '../introspect/ids-sessions.ts';
+import { attachIdsChannelStream } from './ids-channel-stream.ts';
 import { RefusalError } from '../identity/refusal.ts';
 import { UnknownVmError, type Monitor } from '../monitor.ts';
 
@@ -180,6 +181,9 @@ export async function startMonitorApi(opts: MonitorApiOptions): Promise<FastifyI
       return sendError(reply, err);
     }
   });
+
+  // The same reads as a stream of frames on one upgraded connection (ids-channel-stream.ts).
+  attachIdsChannelStream(app, monitor, (err) => err instanceof UnknownVmError);
 
   await rm(opts.socketPath, { force: true });
   await app.listen({ path: opts.socketPath });
