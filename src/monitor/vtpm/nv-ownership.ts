@@ -35,22 +35,45 @@ export class NvOwnership {
   readonly #db: Database.Database;
   readonly #key: Buffer;
   readonly #onTamper: (detail: string) => void;
+  /**
+   * The last token opened per index and what it said. Every access still reads the row; a token byte-equal
+   * to one this process opened under the same key says the same, so only a changed token is opened again.
+   */
+  readonly #opened = new Map<number, { token: Buffer; claim: OwnerClaim }>();
+  /** Likewise the grant tokens found valid, by index and grantee, with the owner token nonce they were valid for. */
+  readonly #grantsSeen = new Map<string, { token: Buffer; owner: string; nonce: Buffer }>();
+  readonly #sql: { grantees: Database.Statement; grantRow: Database.Statement; ownerRow: Database.Statement; usage: Database.Statement; dropGrants: Database.Statement; upsertOwner: Database.Statement; dropOwner: Database.Statement };
 
   constructor(db: Database.Database, managerKey: Buffer, onTamper: (detail: string) => void = () => undefined) {
     this.#db = db;
     this.#key = managerKey;
     this.#onTamper = onTamper;
+    this.#sql = {
+      grantees: db.prepare('SELECT grantee FROM nv_grants WHERE nv_index = ?'),
+      grantRow: db.prepare('SELECT token FROM nv_grants WHERE nv_index = ? AND grantee = ?'),
+      ownerRow: db.prepare('SELECT owner, token FROM nv_owners WHERE nv_index = ?'),
+      usage: db.prepare('SELECT count(*) AS n, coalesce(sum(data_size), 0) AS b FROM nv_owners WHERE owner = ?'),
+      dropGrants: db.prepare('DELETE FROM nv_grants WHERE nv_index = ?'),
+      upsertOwner: db.prepare('INSERT INTO nv_owners (nv_index, owner, data_size, token, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (nv_index) DO UPDATE SET owner = excluded.owner, data_size = excluded.data_size, token = excluded.token, created_at = excluded.created_at'),
+      dropOwner: db.prepare('DELETE FROM nv_owners WHERE nv_index = ?'),
+    };
   }
 
   ownerState(nvIndex: number): OwnerState {
-    const row = this.#db.prepare('SELECT owner, token FROM nv_owners WHERE nv_index = ?').get(nvIndex) as OwnerRow | undefined;
+    const row = this.#sql.ownerRow.get(nvIndex) as OwnerRow | undefined;
     if (!row) return { kind: 'none' };
+    const seen = this.#opened.get(nvIndex);
     let claim: OwnerClaim;
-    try {
-      claim = openOwnerToken(this.#key, row.token, nvIndex);
-    } catch (err) {
-      if (!(err instanceof NvTokenError)) throw err;
-      return this.#tampered(`NV index 0x${nvIndex.toString(16)}: ${err.message}`);
+    if (seen?.token.equals(row.token)) {
+      claim = seen.claim;
+    } else {
+      try {
+        claim = openOwnerToken(this.#key, row.token, nvIndex);
+      } catch (err) {
+        if (!(err instanceof NvTokenError)) throw err;
+        return this.#tampered(`NV index 0x${nvIndex.toString(16)}: ${err.message}`);
+      }
+      this.#opened.set(nvIndex, { token: Buffer.from(row.token), claim });
     }
     if (claim.owner !== row.owner) return this.#tampered(`NV index 0x${nvIndex.toString(16)}: row names owner ${row.owner}, its token ${claim.owner}`);
     return { kind: 'owned', claim };
@@ -63,7 +86,7 @@ export class NvOwnership {
 
   /** Indices and bytes `owner` holds (by its rows; a tampered row still counts against it). */
   usage(owner: string): { indices: number; bytes: number } {
-    const r = this.#db.prepare('SELECT count(*) AS n, coalesce(sum(data_size), 0) AS b FROM nv_owners WHERE owner = ?').get(owner) as { n: number; b: number };
+    const r = this.#sql.usage.get(owner) as { n: number; b: number };
     return { indices: r.n, bytes: r.b };
   }
 
@@ -72,12 +95,14 @@ export class NvOwnership {
     if (!INSTANCE_ID.test(owner)) throw new NvOwnershipError(`bad instance id ${owner}`);
     const { token, nonce } = sealOwnerToken(this.#key, { owner, nvIndex, dataSize, ...(auth ? { auth } : {}) });
     this.#db.transaction(() => {
-      this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ?').run(nvIndex);
-      this.#db
-        .prepare('INSERT INTO nv_owners (nv_index, owner, data_size, token, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (nv_index) DO UPDATE SET owner = excluded.owner, data_size = excluded.data_size, token = excluded.token, created_at = excluded.created_at')
-        .run(nvIndex, owner, dataSize, token, Date.now());
+      this.#sql.dropGrants.run(nvIndex);
+      this.#sql.upsertOwner.run(nvIndex, owner, dataSize, token, Date.now());
     })();
-    return { owner, nvIndex, dataSize, nonce, ...(auth ? { auth } : {}) };
+    this.#forgetGrants(nvIndex);
+    const claim: OwnerClaim = { owner, nvIndex, dataSize, nonce, ...(auth ? { auth } : {}) };
+    // What was just sealed need not be opened again at the next command.
+    this.#opened.set(nvIndex, { token, claim });
+    return claim;
   }
 
   /** Records the index's new authValue (undefined: not known) for the same definition: nonce and grants stay. */
@@ -90,9 +115,11 @@ export class NvOwnership {
   /** Drops the index and its grants (after the owner's swtpm undefined it). */
   release(nvIndex: number): void {
     this.#db.transaction(() => {
-      this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ?').run(nvIndex);
-      this.#db.prepare('DELETE FROM nv_owners WHERE nv_index = ?').run(nvIndex);
+      this.#sql.dropGrants.run(nvIndex);
+      this.#sql.dropOwner.run(nvIndex);
     })();
+    this.#opened.delete(nvIndex);
+    this.#forgetGrants(nvIndex);
   }
 
   /** Puts back the row of `claim` (same nonce) after swtpm refused the undefine that released it. */
@@ -105,16 +132,23 @@ export class NvOwnership {
 
   /** Whether `grantee` holds a genuine read grant from the current definition of the index. */
   hasGrant(claim: OwnerClaim, grantee: string): boolean {
-    const row = this.#db.prepare('SELECT token FROM nv_grants WHERE nv_index = ? AND grantee = ?').get(claim.nvIndex, grantee) as { token: Buffer } | undefined;
+    const row = this.#sql.grantRow.get(claim.nvIndex, grantee) as { token: Buffer } | undefined;
     if (!row) return false;
-    if (grantTokenValid(this.#key, row.token, claim, grantee)) return true;
+    // Checked on every command (a revoke takes effect at once); only the decryption of an unchanged token is saved.
+    const key = `${claim.nvIndex}:${grantee}`;
+    const seen = this.#grantsSeen.get(key);
+    if (seen && seen.token.equals(row.token) && seen.owner === claim.owner && seen.nonce.equals(claim.nonce)) return true;
+    if (grantTokenValid(this.#key, row.token, claim, grantee)) {
+      this.#grantsSeen.set(key, { token: Buffer.from(row.token), owner: claim.owner, nonce: claim.nonce });
+      return true;
+    }
     this.#onTamper(`NV index 0x${claim.nvIndex.toString(16)}: grant row for ${grantee} does not verify`);
     return false;
   }
 
   /** Whether any genuine grant exists (a shared index is read-only for everyone, the owner included: seed 002). */
   isShared(claim: OwnerClaim): boolean {
-    const rows = this.#db.prepare('SELECT grantee FROM nv_grants WHERE nv_index = ?').all(claim.nvIndex) as Array<{ grantee: string }>;
+    const rows = this.#sql.grantees.all(claim.nvIndex) as Array<{ grantee: string }>;
     return rows.some((r) => this.hasGrant(claim, r.grantee));
   }
 
@@ -141,6 +175,13 @@ export class NvOwnership {
    * it had when granted; returns how many went.
    */
   revoke(nvIndex: number, grantee: { instance?: string; vmId: string }): number {
-    return this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ? AND (grantee = ? OR grantee_vm_id = ?)').run(nvIndex, grantee.instance ?? '', grantee.vmId).changes;
+    const n = this.#db.prepare('DELETE FROM nv_grants WHERE nv_index = ? AND (grantee = ? OR grantee_vm_id = ?)').run(nvIndex, grantee.instance ?? '', grantee.vmId).changes;
+    this.#forgetGrants(nvIndex);
+    return n;
+  }
+
+  /** Drops the memo of an index's grants whose rows went (it is checked against the rows anyway; this bounds it). */
+  #forgetGrants(nvIndex: number): void {
+    for (const key of this.#grantsSeen.keys()) if (key.startsWith(`${nvIndex}:`)) this.#grantsSeen.delete(key);
   }
 }

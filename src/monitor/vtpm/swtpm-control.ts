@@ -4,83 +4,54 @@
  */
 import { closeFd } from './fd-passing.ts';
 import { NativeSocket } from './native-socket.ts';
+import { SerialRequests } from './serial-requests.ts';
 import { ctrlCommand } from './swtpm-ctrl.ts';
 
-interface Pending {
+interface ControlRequest {
   message: Buffer;
   fds: number[];
   responseSize: number;
-  resolve(r: Buffer): void;
-  reject(e: Error): void;
 }
 
 export class SwtpmControl {
   readonly #socket: NativeSocket;
-  readonly #queue: Pending[] = [];
-  #inFlight: Pending | undefined;
+  readonly #requests: SerialRequests<ControlRequest>;
   #buffer: Buffer = Buffer.alloc(0);
-  #failed: Error | undefined;
 
   /** Takes ownership of `fd`, connected to swtpm's --ctrl. */
   constructor(fd: number) {
+    this.#requests = new SerialRequests({ send: (r) => this.#socket.send(r.message, r.fds), close: () => this.#socket.close() });
     this.#socket = new NativeSocket(fd, {
       onData: (data, fds) => {
         // swtpm never sends descriptors; any that come are closed rather than leaked.
         for (const f of fds) closeFd(f);
         this.#data(data);
       },
-      onClose: (reason) => this.#fail(new Error(`swtpm control channel: ${reason}`)),
+      onClose: (reason) => this.#requests.fail(new Error(`swtpm control channel: ${reason}`)),
     });
   }
 
   /** Sends command `code` with its request bytes (and fds), resolves with the `responseSize`-byte response. */
   request(code: number, request: Uint8Array, responseSize: number, fds: number[] = []): Promise<Buffer> {
-    if (this.#failed) return Promise.reject(this.#failed);
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ message: ctrlCommand(code, request), fds, responseSize, resolve, reject });
-      this.#next();
-    });
-  }
-
-  #next(): void {
-    if (this.#inFlight || this.#failed) return;
-    const p = this.#queue.shift();
-    if (!p) return;
-    this.#inFlight = p;
-    try {
-      this.#socket.send(p.message, p.fds);
-    } catch (err) {
-      this.#fail(err instanceof Error ? err : new Error(String(err)));
-    }
+    return this.#requests.submit({ message: ctrlCommand(code, request), fds, responseSize });
   }
 
   #data(d: Buffer): void {
     this.#buffer = Buffer.concat([this.#buffer, d]);
-    const p = this.#inFlight;
-    if (!p) return this.#fail(new Error('swtpm control channel: unsolicited bytes'));
+    const p = this.#requests.inFlight;
+    if (!p) return this.#requests.fail(new Error('swtpm control channel: unsolicited bytes'));
     if (this.#buffer.length < p.responseSize) return;
-    if (this.#buffer.length > p.responseSize) return this.#fail(new Error(`swtpm control channel: ${this.#buffer.length} bytes for a ${p.responseSize}-byte response`));
+    if (this.#buffer.length > p.responseSize) return this.#requests.fail(new Error(`swtpm control channel: ${this.#buffer.length} bytes for a ${p.responseSize}-byte response`));
     const r = this.#buffer;
     this.#buffer = Buffer.alloc(0);
-    this.#inFlight = undefined;
-    p.resolve(r);
-    this.#next();
-  }
-
-  #fail(e: Error): void {
-    if (this.#failed) return;
-    this.#failed = e;
-    const all = [...(this.#inFlight ? [this.#inFlight] : []), ...this.#queue.splice(0)];
-    this.#inFlight = undefined;
-    for (const p of all) p.reject(e);
-    this.#socket.close();
+    this.#requests.complete(r);
   }
 
   get failed(): boolean {
-    return this.#failed !== undefined;
+    return this.#requests.failed !== undefined;
   }
 
   close(): void {
-    this.#fail(new Error('swtpm control channel closed'));
+    this.#requests.fail(new Error('swtpm control channel closed'));
   }
 }

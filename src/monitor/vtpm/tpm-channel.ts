@@ -5,6 +5,7 @@
  */
 import { Socket } from 'node:net';
 import { HEADER_SIZE } from '../../formats/tpm2/index.ts';
+import { SerialRequests } from './serial-requests.ts';
 
 /** swtpm's responses are at most its buffer size (4096); anything far above is a broken peer. */
 const MAX_RESPONSE = 65536;
@@ -15,20 +16,16 @@ export interface TpmEndpoint {
   transact(command: Buffer): Promise<Buffer>;
 }
 
-interface Pending {
+interface TpmRequest {
   command: Buffer;
   /** Sent inside an exclusive section. */
   exclusive: boolean;
-  resolve(r: Buffer): void;
-  reject(e: Error): void;
 }
 
 export class TpmChannel implements TpmEndpoint {
   readonly #socket: Socket;
-  readonly #queue: Pending[] = [];
-  #inFlight: Pending | undefined;
+  readonly #requests: SerialRequests<TpmRequest>;
   #buffer: Buffer = Buffer.alloc(0);
-  #failed: Error | undefined;
   #exclusive = false;
   #exclusiveTail: Promise<void> = Promise.resolve();
 
@@ -38,13 +35,19 @@ export class TpmChannel implements TpmEndpoint {
     readonly name: string,
   ) {
     this.#socket = new Socket({ fd, readable: true, writable: true });
+    this.#requests = new SerialRequests<TpmRequest>({
+      send: (r) => this.#socket.write(r.command),
+      close: () => this.#socket.destroy(),
+      // Inside an exclusive section only its own commands go; the guest's wait.
+      pick: (waiting) => (this.#exclusive ? waiting.findIndex((r) => r.exclusive) : 0),
+    });
     this.#socket.on('data', (d: Buffer) => this.#data(d));
-    this.#socket.on('error', (e) => this.#fail(e));
-    this.#socket.on('close', () => this.#fail(new Error(`${name}: TPM channel closed`)));
+    this.#socket.on('error', (e) => this.#requests.fail(e));
+    this.#socket.on('close', () => this.#requests.fail(new Error(`${name}: TPM channel closed`)));
   }
 
   transact(command: Buffer): Promise<Buffer> {
-    return this.#enqueue(command, false);
+    return this.#requests.submit({ command, exclusive: false });
   }
 
   /**
@@ -59,58 +62,29 @@ export class TpmChannel implements TpmEndpoint {
     await previous;
     this.#exclusive = true;
     try {
-      return await fn({ name: this.name, transact: (c) => this.#enqueue(c, true) });
+      return await fn({ name: this.name, transact: (command) => this.#requests.submit({ command, exclusive: true }) });
     } finally {
       this.#exclusive = false;
       release();
-      this.#next();
+      this.#requests.next();
     }
-  }
-
-  #enqueue(command: Buffer, exclusive: boolean): Promise<Buffer> {
-    if (this.#failed) return Promise.reject(this.#failed);
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ command, exclusive, resolve, reject });
-      this.#next();
-    });
-  }
-
-  #next(): void {
-    if (this.#inFlight || this.#failed) return;
-    const i = this.#exclusive ? this.#queue.findIndex((q) => q.exclusive) : 0;
-    if (i < 0) return;
-    const p = this.#queue.splice(i, 1)[0];
-    if (!p) return;
-    this.#inFlight = p;
-    this.#socket.write(p.command);
   }
 
   #data(d: Buffer): void {
     this.#buffer = this.#buffer.length === 0 ? d : Buffer.concat([this.#buffer, d]);
-    if (!this.#inFlight) return this.#fail(new Error(`${this.name}: ${d.length} unsolicited bytes from the TPM`));
+    const fail = (msg: string) => this.#requests.fail(new Error(`${this.name}: ${msg}`));
+    if (!this.#requests.inFlight) return fail(`${d.length} unsolicited bytes from the TPM`);
     if (this.#buffer.length < HEADER_SIZE) return;
     const size = this.#buffer.readUInt32BE(2);
-    if (size < HEADER_SIZE || size > MAX_RESPONSE) return this.#fail(new Error(`${this.name}: TPM response size ${size}`));
+    if (size < HEADER_SIZE || size > MAX_RESPONSE) return fail(`TPM response size ${size}`);
     if (this.#buffer.length < size) return;
-    if (this.#buffer.length > size) return this.#fail(new Error(`${this.name}: TPM sent ${this.#buffer.length - size} bytes past its response`));
-    const p = this.#inFlight;
+    if (this.#buffer.length > size) return fail(`TPM sent ${this.#buffer.length - size} bytes past its response`);
     const response = this.#buffer;
-    this.#inFlight = undefined;
     this.#buffer = Buffer.alloc(0);
-    p.resolve(response);
-    this.#next();
-  }
-
-  #fail(e: Error): void {
-    if (this.#failed) return;
-    this.#failed = e;
-    const all = [...(this.#inFlight ? [this.#inFlight] : []), ...this.#queue.splice(0)];
-    this.#inFlight = undefined;
-    for (const p of all) p.reject(e);
-    this.#socket.destroy();
+    this.#requests.complete(response);
   }
 
   close(): void {
-    this.#fail(new Error(`${this.name}: TPM channel closed`));
+    this.#requests.fail(new Error(`${this.name}: TPM channel closed`));
   }
 }
