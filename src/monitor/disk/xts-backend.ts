@@ -5,11 +5,13 @@
  * sector is not detected — it decrypts to garbage, or to old data, and is served as such.
  *
  * Each request is one job on libuv's thread pool (crypto/native.ts sectorJobs): the pread and the XTS over the
- * whole request, or the XTS and the pwrite, with no copy; reads decrypt in place in the caller's buffer. Writes go through the page cache like qemu-nbd's cache=writeback; FLUSH and FUA
- * fdatasync the image. The boot-sector check of the integrity export is kept: a wrong key or another disk
- * stops the disk on the first read of sector 0.
+ * whole request, or the XTS and the pwrite, with no copy; reads decrypt in place in the caller's buffer. Reads
+ * whose bytes are in the page cache may instead be done at once on the event loop (see INLINE_ALWAYS). Writes go
+ * through the page cache like qemu-nbd's cache=writeback; FLUSH and FUA fdatasync the image. The boot-sector
+ * check of the integrity export is kept: a wrong key or another disk stops the disk on the first read of sector 0.
  */
 import { open as openCb, close as closeCb, fstat as fstatCb, fdatasync as fdatasyncCb } from 'node:fs';
+import { constants } from 'node:os';
 import { promisify } from 'node:util';
 import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
 import { integrityImageId } from '../../crypto/integrity-tree.ts';
@@ -22,6 +24,7 @@ const openAsync = promisify(openCb);
 const closeAsync = promisify(closeCb);
 const fstatAsync = promisify(fstatCb);
 const fdatasyncAsync = promisify(fdatasyncCb);
+const { errno } = constants;
 
 const SECTOR = 4096;
 export const XTS_MAX_PAYLOAD = 32 * 1024 * 1024;
@@ -30,6 +33,19 @@ const ZERO_CHUNK = 1024 * 1024;
 /** Encryption output buffers kept for reuse: enough for the NBD session's concurrent writes. */
 const SPARE_BUFFERS = 32;
 const SPARE_MAX_BYTES = 1024 * 1024;
+/**
+ * Reads this small are served on the event loop when their bytes are in the page cache (xtsReadCached): the
+ * thread-pool round trip (queue lock, futex wake, eventfd wake, context switches) costs more CPU than their pread
+ * and decryption. At 4 KiB random reads that cut the server's CPU per GB by more than half.
+ */
+const INLINE_ALWAYS = 32 * 1024;
+/**
+ * Larger reads up to this size (a coalesced run of 64 KiB reads) are served there too once POOL_DEPTH reads of
+ * ours are already on the pool: the loop and pool threads then share the work over both cores of a small host,
+ * where either alone would be the bottleneck; the loop is never held for long (256 KiB: under 0.1 ms).
+ */
+const INLINE_MAX = 256 * 1024;
+const POOL_DEPTH = 2;
 let zeroes: Buffer | undefined;
 
 export interface XtsBackendOptions {
@@ -66,6 +82,10 @@ export class XtsBackend implements BlockBackend {
   readonly #onAlert: AlertSink;
   readonly #spare: Buffer[] = [];
   #bootChecked = false;
+  /** Cleared if the file system cannot say whether a read would wait (RWF_NOWAIT unsupported). */
+  #tryCached = true;
+  /** Reads running as thread-pool jobs. */
+  #poolReads = 0;
   #failed: Error | null = null;
   #running = 0;
   #idle: (() => void) | undefined;
@@ -108,10 +128,29 @@ export class XtsBackend implements BlockBackend {
   }
 
   read(offset: number, length: number, into: Buffer): Promise<void> {
+    const data = into.subarray(0, length);
+    const inline = length <= INLINE_ALWAYS || (length <= INLINE_MAX && this.#poolReads >= POOL_DEPTH);
+    if (inline && this.#tryCached && !this.#closing && !this.#failed) {
+      try {
+        // Synchronous: the reply buffer holds ciphertext only within this call.
+        const status = sectorJobs.xtsReadCached(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data);
+        if (status === 0) {
+          if (offset === 0 && !this.#bootChecked) this.#checkBootSector(data);
+          return Promise.resolve();
+        }
+        if (status === errno.EOPNOTSUPP) this.#tryCached = false;
+      } catch (err) {
+        return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
     return this.#run(async () => {
-      const data = into.subarray(0, length);
-      // In place: the reply buffer holds ciphertext only inside the job.
-      await sectorJobs.xtsRead(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data);
+      this.#poolReads++;
+      try {
+        // In place: the reply buffer holds ciphertext only inside the job.
+        await sectorJobs.xtsRead(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data);
+      } finally {
+        this.#poolReads--;
+      }
       if (offset === 0 && !this.#bootChecked) this.#checkBootSector(data);
     });
   }
