@@ -1,6 +1,6 @@
 /** A stand-in for QEMU's tpm-emulator backend: it speaks swtpm's control protocol to the proxy and sends TPM commands on its data fd. */
 import { Socket } from 'node:net';
-import { closeFd, connectUnix, socketPair } from '../../src/monitor/vtpm/fd-passing.ts';
+import { closeFd, connectUnix, socketPair } from '../../src/monitor/unix/fd-passing.ts';
 import { NativeSocket } from '../../src/monitor/vtpm/native-socket.ts';
 import { ctrlCommand } from '../../src/monitor/vtpm/swtpm-ctrl.ts';
 

@@ -12,7 +12,7 @@
  */
 import { createConnection, Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { chmod, lstat, unlink } from 'node:fs/promises';
-import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from '../vtpm/fd-passing.ts';
+import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from '../unix/fd-passing.ts';
 import type { BlockBackend } from './backend.ts';
 import { ExportTable } from './nbd-exports.ts';
 import { HandshakeRefused, negotiate } from './nbd-handshake.ts';

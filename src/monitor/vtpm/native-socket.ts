@@ -1,9 +1,9 @@
 /**
- * A unix stream socket held as a native fd (fd-passing.ts), for the two control channels that carry
+ * A unix stream socket held as a native fd (../unix/fd-passing.ts), for the two control channels that carry
  * descriptors: reads arrive through a readable watch with the fds that came with them, writes go out
  * with sendmsg. Used only for swtpm's tiny control messages; the TPM data path uses net.Socket.
  */
-import { closeFd, receiveWithFds, sendWithFds, watchReadable, type ReadableWatch } from './fd-passing.ts';
+import { closeFd, receiveWithFds, sendWithFds, watchReadable, type ReadableWatch } from '../unix/fd-passing.ts';
 
 const READ_CHUNK = 4096;
 

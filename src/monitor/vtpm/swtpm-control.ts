@@ -2,7 +2,7 @@
  * The monitor's end of one swtpm's control channel: requests go out one at a time and each waits for the
  * fixed-size response its command has (swtpm-ctrl.ts).
  */
-import { closeFd } from './fd-passing.ts';
+import { closeFd } from '../unix/fd-passing.ts';
 import { NativeSocket } from './native-socket.ts';
 import { SerialRequests } from './serial-requests.ts';
 import { ctrlCommand } from './swtpm-ctrl.ts';

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { chmod, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { closeFd, socketPair } from './fd-passing.ts';
+import { closeFd, socketPair } from '../unix/fd-passing.ts';
 import { SwtpmControl } from './swtpm-control.ts';
 import { CMD, CTRL_FRAMES, PTM_RES } from './swtpm-ctrl.ts';
 import { TpmChannel } from './tpm-channel.ts';

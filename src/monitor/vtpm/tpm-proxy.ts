@@ -16,7 +16,7 @@
 import { Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
 import { HEADER_SIZE, TPM_CC, TPM_RC, TPM_RH, Tpm2FormatError, errorResponse, parseCommand, rcForHandle, type ParsedCommand } from '../../formats/tpm2/index.ts';
-import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from './fd-passing.ts';
+import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from '../unix/fd-passing.ts';
 import { NativeSocket } from './native-socket.ts';
 import type { SwtpmControl } from './swtpm-control.ts';
 import { CMD, CTRL_FRAMES, GET_STATEBLOB_RESPONSE, MAX_STATEBLOB, PTM_RES, STATEBLOB_HEADER, WITHHELD_CAPS, ctrlResult } from './swtpm-ctrl.ts';

@@ -1,8 +1,9 @@
 /**
  * Typed access to the fd-passing addon (native/fd_passing.c, built by node-gyp into build/Release with the
- * sector-crypto addon): what Node's net module cannot do for the TPM proxy, namely receive QEMU's data fd
- * (CMD_SET_DATAFD, SCM_RIGHTS) and hand swtpm one end of a socketpair. Every fd is non-blocking; readability
- * comes from a uv_poll_t on Node's own loop, so nothing here blocks or needs a thread.
+ * sector-crypto addon): the Unix-socket work Node's net module cannot do. The TPM proxy receives QEMU's data fd
+ * (CMD_SET_DATAFD, SCM_RIGHTS) and hands swtpm one end of a socketpair; the NBD server accepts its connections
+ * here so that each can read into one reused buffer (net.Socket's `onread`). Every fd is non-blocking;
+ * readability comes from a uv_poll_t on Node's own loop, so nothing here blocks or needs a thread.
  */
 import { loadNativeAddon } from '../../crypto/native-addon.ts';
 
