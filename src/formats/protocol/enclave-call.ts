@@ -237,7 +237,7 @@ const MAX_COMM_CHARS = 64;
 const MAX_STATE_CHARS = 8;
 const MAX_PS_ROWS = 1_000_000;
 
-/** One row of the process list (ids/checks/pslist.ts PsRow) as the host receives it (a type, so it reads as a plain record). */
+/** One row of the process list (ids/checks/pslist.ts names it PsRow) as the host receives it (a type, so it reads as a plain record). */
 export type PsRowWire = {
   pid: number;
   ppid: number;
