@@ -81,3 +81,23 @@ test('a request length over the limit ends the connection without a read; a wron
   assert.match(await raw(upgrade(`/v1/ids/sessions/${SESSION}/channel`, 'websocket')), /^HTTP\/1.1 400 /);
   assert.equal(reads, 0);
 });
+
+test('a burst of frames far beyond the read-ahead window is paused, then every frame is answered in order', async (t) => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let answered = 0;
+  const m = await monitorWith(async (_s, frame) => {
+    await gate;
+    answered++;
+    return frame;
+  });
+  t.after(m.close);
+  const stream = new MonitorFrameStream(m.socketPath, () => SESSION);
+  t.after(() => stream.close());
+  const replies = Array.from({ length: 200 }, (_, i) => stream.exchange(Buffer.from(`frame ${i}`)));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(answered, 0);
+  release();
+  const got = await Promise.all(replies);
+  assert.deepEqual(got.map((b) => b.toString()), Array.from({ length: 200 }, (_, i) => `frame ${i}`));
+});

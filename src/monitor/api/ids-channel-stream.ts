@@ -12,6 +12,8 @@ import { IDS_STREAM_MAX_REQUEST_BYTES, IDS_STREAM_PROTOCOL, IdsStreamDecoder, Id
 import { UnknownIdsSessionError } from '../introspect/ids-sessions.ts';
 import { RefusalError } from '../identity/refusal.ts';
 
+/** Frames read ahead of the one being answered before the stream stops reading. */
+const MAX_WAITING_FRAMES = 16;
 const CHANNEL_PATH = /^\/v1\/ids\/sessions\/([0-9a-f]{32})\/channel$/;
 
 export interface IdsFrameReader {
@@ -44,6 +46,8 @@ export function attachIdsChannelStream(app: FastifyInstance, monitor: IdsFrameRe
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${IDS_STREAM_PROTOCOL}\r\n\r\n`);
     const decoder = new IdsStreamDecoder(IDS_STREAM_MAX_REQUEST_BYTES);
     let queue: Promise<void> = Promise.resolve();
+    // Frames wait in order; a relay that sends faster than they are answered is paused, not buffered without bound.
+    let waiting = 0;
     const answer = async (frame: Buffer): Promise<void> => {
       let status: IdsStreamStatus = IdsStreamStatus.ok;
       let body: Buffer;
@@ -68,7 +72,14 @@ export function attachIdsChannelStream(app: FastifyInstance, monitor: IdsFrameRe
         socket.destroy();
         return;
       }
-      for (const f of frames) queue = queue.then(() => answer(f));
+      for (const f of frames) {
+        waiting++;
+        queue = queue.then(async () => {
+          await answer(f);
+          if (--waiting <= MAX_WAITING_FRAMES / 2 && socket.isPaused()) socket.resume();
+        });
+      }
+      if (waiting > MAX_WAITING_FRAMES) socket.pause();
     };
     open.add(socket);
     socket.on('close', () => open.delete(socket));
