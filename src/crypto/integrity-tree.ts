@@ -165,11 +165,17 @@ export class IntegrityTree {
     if (leaves.length !== n * TREE_HASH_BYTES) throw new RangeError('integrity tree: one 32-byte leaf per sector expected');
     const changed: ChangedNodes = this.levels.map(() => []);
     let prev = -1;
-    for (let i = 0; i < n; i++) {
-      const s = sectors[i]!;
-      if (!Number.isInteger(s) || s <= prev || s >= this.sectors) throw new RangeError(`integrity tree: sector ${s} out of order or range`);
+    // Leaves are copied one run of consecutive sectors at a time: per-leaf copies cost more than the bytes.
+    let from = 0;
+    for (let i = 0; i <= n; i++) {
+      const s = i < n ? sectors[i]! : -1;
+      if (i < n && (!Number.isInteger(s) || s <= prev || s >= this.sectors)) throw new RangeError(`integrity tree: sector ${s} out of order or range`);
+      if (i > from && (i === n || s !== prev + 1)) {
+        leaves.copy(this.levels[0]!, sectors[from]! * TREE_HASH_BYTES, from * TREE_HASH_BYTES, i * TREE_HASH_BYTES);
+        from = i;
+      }
+      if (i === n) break;
       prev = s;
-      leaves.copy(this.levels[0]!, s * TREE_HASH_BYTES, i * TREE_HASH_BYTES, (i + 1) * TREE_HASH_BYTES);
       const block = Math.floor(s / TREE_ARITY);
       if (changed[0]!.at(-1) !== block) changed[0]!.push(block);
     }

@@ -26,6 +26,10 @@ const LEAF = 32;
  * well above a worker round trip) go to the workers.
  */
 export const DEFAULT_INLINE_MAX_BYTES = availableParallelism() > 2 ? 32 * 1024 : Number.POSITIVE_INFINITY;
+/** Inline seal output buffers kept for reuse: enough for a client's queue of requests up to 1 MiB. */
+const SPARE_BUFFERS = 32;
+const SPARE_MAX_BYTES = 1024 * (SECTOR + LEAF);
+const SPARE_MIN_BYTES = 16 * (SECTOR + LEAF);
 /** Parts smaller than this are not worth a separate job. */
 const MIN_PART_SECTORS = 16;
 
@@ -214,6 +218,8 @@ function keyMessage(key: number, k: SectorKeys): WorkerRequest {
 /** One disk's keys, on the main thread and in the pool's workers. */
 export class CryptoContext {
   #closed = false;
+  /** Reusable output buffers of inline seals (ciphertext, then leaves). */
+  readonly #spare: Buffer[] = [];
 
   constructor(
     private readonly pool: CryptoPool,
@@ -242,12 +248,49 @@ export class CryptoContext {
     );
   }
 
-  /** Not on a worker: one job on libuv's thread pool, into buffers of this call's own (jobs run concurrently). */
+  /** Whether a request of this many bytes runs inline, i.e. whether sealInto() may be used for it. */
+  runsInline(bytes: number): boolean {
+    return !this.#offload(bytes);
+  }
+
+  /**
+   * An inline seal (see runsInline) into the caller's buffers: one job on libuv's thread pool, which must leave
+   * all three untouched until it settles. `ciphertext` must not overlap `plain`.
+   */
+  sealInto(firstSector: number, plain: Buffer, ciphertext: Buffer, leaves: Buffer): Promise<void> {
+    return this.inline.sealAsync(firstSector, plain, ciphertext, leaves);
+  }
+
+  /**
+   * Not on a worker: one job on libuv's thread pool, into a buffer of this call's own (jobs run concurrently),
+   * taken from the spares: a fresh ArrayBuffer per write made V8 run full GCs at write speed.
+   */
   async #sealInline(firstSector: number, plain: Buffer, sink: SealSink): Promise<void> {
-    const ciphertext = Buffer.allocUnsafe(plain.length);
-    const leaves = Buffer.allocUnsafe((plain.length / SECTOR) * LEAF);
-    await this.inline.sealAsync(firstSector, plain, ciphertext, leaves);
-    sink(firstSector, ciphertext, leaves);
+    const sectors = plain.length / SECTOR;
+    const out = this.#take(sectors * (SECTOR + LEAF));
+    try {
+      const ciphertext = out.subarray(0, plain.length);
+      const leaves = out.subarray(plain.length, plain.length + sectors * LEAF);
+      await this.inline.sealAsync(firstSector, plain, ciphertext, leaves);
+      sink(firstSector, ciphertext, leaves);
+    } finally {
+      this.#give(out);
+    }
+  }
+
+  #take(length: number): Buffer {
+    for (let i = this.#spare.length - 1; i >= 0; i--) {
+      const b = this.#spare[i]!;
+      if (b.length >= length) {
+        this.#spare.splice(i, 1);
+        return b;
+      }
+    }
+    return Buffer.allocUnsafeSlow(length <= SPARE_MAX_BYTES ? Math.max(length, SPARE_MIN_BYTES) : length);
+  }
+
+  #give(b: Buffer): void {
+    if (b.length <= SPARE_MAX_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(b);
   }
 
   /**

@@ -368,7 +368,28 @@ export class SealedBackend implements BlockBackend {
 
   async #write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     const first = offset / SECTOR;
-    this.#refuseCondemned(first, data.length / SECTOR, 'write');
+    const count = data.length / SECTOR;
+    this.#refuseCondemned(first, count, 'write');
+    // Sealed straight into slots of the write buffer if they are free: the copy into it was the main thread's
+    // largest cost per written byte.
+    const buf = this.#dirty;
+    const slot = this.#crypto.runsInline(data.length) ? buf.reserve(count) : -1;
+    if (slot >= 0) {
+      try {
+        await this.#crypto.sealInto(first, data, buf.ciphertextAt(slot, count), buf.leavesAt(slot, count));
+      } catch (err) {
+        buf.abandon();
+        throw err;
+      }
+      buf.publish(first, slot, count);
+    } else await this.#sealAndPlace(first, data);
+    if (fua) await this.#schedule(true);
+    // Half full: spill in the background so the other half can fill meanwhile.
+    else if (this.#dirty.used * 2 >= this.#dirty.capacity && !this.#spillRunning) this.#kickSpill();
+  }
+
+  /** Seals (on workers if large) and copies the results into the write buffer, waiting for room as needed. */
+  async #sealAndPlace(first: number, data: Buffer): Promise<void> {
     // Sealed parts go straight into the write buffer; what does not fit waits, copied, for the next one.
     const overflow: { first: number; ciphertext: Buffer; leaves: Buffer }[] = [];
     await this.#crypto.seal(first, data, (s, ciphertext, leaves) => {
@@ -388,17 +409,11 @@ export class SealedBackend implements BlockBackend {
         await new Promise<void>((resolve) => this.#spaceWaiters.push(resolve));
       }
     }
-    if (fua) await this.#schedule(true);
-    // Half full: spill in the background so the other half can fill meanwhile.
-    else if (this.#dirty.size * 2 >= this.#dirty.capacity && !this.#spillRunning) this.#kickSpill();
   }
 
   /** Puts as many of these sectors as fit into the write buffer; returns how many did. */
   #place(first: number, ciphertext: Buffer, leaves: Buffer): number {
-    const count = ciphertext.length / SECTOR;
-    let i = 0;
-    while (i < count && this.#dirty.put(first + i, ciphertext, i * SECTOR, leaves, i * LEAF)) i++;
-    return i;
+    return this.#dirty.putRun(first, ciphertext, leaves);
   }
 
   /** A read or write touching sectors whose sidecar nodes did not verify fails, and says so every time. */
@@ -477,10 +492,19 @@ export class SealedBackend implements BlockBackend {
     this.#spilling = buf;
     for (const wake of this.#spaceWaiters.splice(0)) wake();
     try {
+      // Writes still sealing into its reserved slots finish first: it is spilled and cleared whole.
+      await buf.drained();
       const sectors = buf.sectors();
       const newLeaves = buf.leavesOf(sectors);
       const oldLeaves = Buffer.allocUnsafe(newLeaves.length);
-      sectors.forEach((s, i) => this.#tree.levels[0]!.copy(oldLeaves, i * LEAF, s * LEAF, (s + 1) * LEAF));
+      const leaves0 = this.#tree.levels[0]!;
+      // One copy per run of consecutive sectors: a spill lists thousands.
+      for (let i = 0; i < sectors.length; ) {
+        let j = i + 1;
+        while (j < sectors.length && sectors[j] === sectors[j - 1]! + 1) j++;
+        leaves0.copy(oldLeaves, i * LEAF, sectors[i]! * LEAF, (sectors[j - 1]! + 1) * LEAF);
+        i = j;
+      }
       this.#db.recordPendingWrites(this.imageId, this.#root, { sectors, oldLeaves, newLeaves });
       this.#uncommitted = true;
       this.#afterStep?.('pending-recorded');
