@@ -136,7 +136,9 @@ function encodeSectors(sectors: number[]): Buffer {
   sectors.forEach((s, i) => {
     if (!Number.isSafeInteger(s) || s <= prev) throw new MonitorDbError('pending write sectors must be ascending, distinct integers');
     prev = s;
-    b.writeBigUInt64LE(BigInt(s), i * 8);
+    // u64 LE as two u32 halves: a BigInt per sector showed up in the spill path's profile.
+    b.writeUInt32LE(s % 0x1_0000_0000, i * 8);
+    b.writeUInt32LE(Math.floor(s / 0x1_0000_0000), i * 8 + 4);
   });
   return b;
 }
@@ -145,9 +147,10 @@ function decodeSectors(b: Buffer): number[] {
   const out: number[] = [];
   let prev = -1;
   for (let at = 0; at < b.length; at += 8) {
-    const v = b.readBigUInt64LE(at);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER) || Number(v) <= prev) throw new MonitorDbError('corrupt pending write record (sector list)');
-    prev = Number(v);
+    const hi = b.readUInt32LE(at + 4);
+    const v = hi * 0x1_0000_0000 + b.readUInt32LE(at);
+    if (hi > 0x1f_ffff || v <= prev) throw new MonitorDbError('corrupt pending write record (sector list)');
+    prev = v;
     out.push(prev);
   }
   return out;
