@@ -27,6 +27,7 @@ interface Addon {
     callback: (status: number, bad: number) => void,
   ): void;
   xtsReadCached(xtsKey: Uint8Array, encryptionSectorSize: number, fd: number, position: number, firstSector: number, data: Uint8Array): number;
+  xtsWriteNow(xtsKey: Uint8Array, encryptionSectorSize: number, fd: number, position: number, firstSector: number, plain: Uint8Array, scratch: Uint8Array): number;
 }
 
 /** plain64 counts 512-byte units whatever the sector size (see xts.ts). */
@@ -155,6 +156,14 @@ export const sectorJobs = {
    */
   xtsReadCached(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, data: Uint8Array): number {
     return load().xtsReadCached(key, ess, fd, position, firstSector, data);
+  },
+  /**
+   * xtsWrite() done at once on this thread (it blocks for as long as the pwrite does: for a buffered write, a copy
+   * into the page cache unless the kernel throttles dirty pages). Throws the error xtsWrite() would reject with.
+   */
+  xtsWriteNow(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, plain: Uint8Array, scratch: Uint8Array): void {
+    const status = load().xtsWriteNow(key, ess, fd, position, firstSector, plain, scratch);
+    if (status !== 0) throw jobError(status, 'xts write');
   },
   /** Encrypt `plain` into `scratch` (same length or longer, not overlapping), then pwrite it at `position`. */
   xtsWrite(key: Uint8Array, ess: number, fd: number, position: number, firstSector: number, plain: Uint8Array, scratch: Uint8Array): Promise<void> {

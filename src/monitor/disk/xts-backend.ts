@@ -6,8 +6,9 @@
  *
  * Each request is one job on libuv's thread pool (crypto/native.ts sectorJobs): the pread and the XTS over the
  * whole request, or the XTS and the pwrite, with no copy; reads decrypt in place in the caller's buffer. Reads
- * whose bytes are in the page cache may instead be done at once on the event loop (see INLINE_ALWAYS). Writes go
- * through the page cache like qemu-nbd's cache=writeback; FLUSH and FUA fdatasync the image. The boot-sector
+ * whose bytes are in the page cache, and small writes, may instead be done at once on the event loop (see
+ * INLINE_ALWAYS and INLINE_WRITE_MAX). Writes go through the page cache like qemu-nbd's cache=writeback; FLUSH
+ * and FUA fdatasync the image (after the write, before the reply). The boot-sector
  * check of the integrity export is kept: a wrong key or another disk stops the disk on the first read of sector 0.
  */
 import { open as openCb, close as closeCb, fstat as fstatCb, fdatasync as fdatasyncCb } from 'node:fs';
@@ -46,6 +47,15 @@ const INLINE_ALWAYS = 32 * 1024;
  */
 const INLINE_MAX = 256 * 1024;
 const POOL_DEPTH = 2;
+/**
+ * Writes this small are encrypted and written on the event loop (xtsWriteNow): a buffered 4 KiB pwrite is a copy
+ * into the page cache, and ext4 serialises writers to one file on its inode lock anyway, so pool threads only
+ * spun on that lock and paid the round trip. Should one take long (dirty-page throttling, a contended lock),
+ * writes go back to the pool for a while so the loop is not held again.
+ */
+const INLINE_WRITE_MAX = 32 * 1024;
+const SLOW_INLINE_WRITE_MS = 10;
+const POOL_WRITES_FOR_MS = 1000;
 let zeroes: Buffer | undefined;
 
 export interface XtsBackendOptions {
@@ -84,6 +94,8 @@ export class XtsBackend implements BlockBackend {
   #bootChecked = false;
   /** Cleared if the file system cannot say whether a read would wait (RWF_NOWAIT unsupported). */
   #tryCached = true;
+  /** Until this performance.now() time, writes go to the pool (see INLINE_WRITE_MAX). */
+  #poolWritesUntil = 0;
   /** Reads running as thread-pool jobs. */
   #poolReads = 0;
   #failed: Error | null = null;
@@ -156,6 +168,20 @@ export class XtsBackend implements BlockBackend {
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (data.length <= INLINE_WRITE_MAX && !this.#closing && !this.#failed && performance.now() >= this.#poolWritesUntil) {
+      const out = this.#take(data.length);
+      try {
+        const start = performance.now();
+        sectorJobs.xtsWriteNow(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data, out);
+        const end = performance.now();
+        if (end - start > SLOW_INLINE_WRITE_MS) this.#poolWritesUntil = end + POOL_WRITES_FOR_MS;
+      } catch (err) {
+        return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      } finally {
+        this.#give(out);
+      }
+      return fua ? this.#run(() => fdatasyncAsync(this.#fd)) : Promise.resolve();
+    }
     return this.#run(async () => {
       await this.#write(offset, data);
       if (fua) await fdatasyncAsync(this.#fd);
