@@ -1,6 +1,6 @@
 /**
- * What an NBD export serves. The plain file backend implements it now; the encrypted,
- * integrity-checked backend of the sealed-disk work implements the same contract.
+ * What an NBD export serves: the plain file, the XTS-only and the sealed (XTS + integrity tree)
+ * backends, and the write-protecting wrapper, all implement this contract.
  * Offsets and lengths reach a backend only after the server has checked them against
  * `size` and `blockSize`, so a backend may assume they are in range and aligned.
  */
@@ -27,4 +27,9 @@ export interface BlockBackend {
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void>;
   close(): Promise<void>;
+}
+
+/** An error the NBD server maps to an errno reply by its `code` (EIO unless said otherwise). */
+export function ioError(message: string, code = 'EIO'): Error {
+  return Object.assign(new Error(message), { code });
 }

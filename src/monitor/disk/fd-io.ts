@@ -2,11 +2,8 @@
  * Positioned whole-buffer I/O on raw descriptors with the callback fs API (cheaper per call than FileHandle).
  * A short read means the file shrank behind our back: an EIO error, never stale buffer bytes.
  */
+import { ioError } from './backend.ts';
 import { fdatasync, read, writev } from 'node:fs';
-
-function ioError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'EIO' });
-}
 
 export function readFully(fd: number, into: Buffer, position: number): Promise<void> {
   return new Promise((resolve, reject) => {

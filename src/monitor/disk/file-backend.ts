@@ -8,7 +8,7 @@
  */
 import { close, fdatasync, fstat, open, read, write } from 'node:fs';
 import { promisify } from 'node:util';
-import type { BlockBackend, BlockSizes } from './backend.ts';
+import { ioError, type BlockBackend, type BlockSizes } from './backend.ts';
 
 const openAsync = promisify(open);
 const fstatAsync = promisify(fstat);
@@ -19,10 +19,6 @@ const fdatasyncAsync = promisify(fdatasync);
 export const FILE_MAX_PAYLOAD = 32 * 1024 * 1024;
 const ZERO_CHUNK = 1024 * 1024;
 let zeroes: Buffer | undefined;
-
-function ioError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 export interface FileBackendOptions {
   readOnly?: boolean;

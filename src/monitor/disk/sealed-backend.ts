@@ -22,7 +22,7 @@ import { IntegrityTree, TreeHasher, integrityImageId, TREE_HASH_BYTES, TREE_SECT
 import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
 import { SidecarFormatError, type SidecarGeometry } from '../../formats/integrity-sidecar.ts';
 import type { MonitorDb } from '../state/monitor-db.ts';
-import type { BlockBackend, BlockSizes } from './backend.ts';
+import { ioError, type BlockBackend, type BlockSizes } from './backend.ts';
 import { CryptoPool, type CryptoContext } from './crypto-pool.ts';
 import { fdatasyncFd, readFully, writevFully } from './fd-io.ts';
 import { RwLock } from './rw-lock.ts';
@@ -86,10 +86,6 @@ export interface SealedBackendOptions {
 
 /** Images open in this process: two backends on one image would corrupt each other's tree. */
 const openImages = new Set<string>();
-
-function ioError(message: string, code = 'EIO'): Error {
-  return Object.assign(new Error(message), { code });
-}
 
 export class SealedBackend implements BlockBackend {
   readonly blockSizes: BlockSizes = { min: SECTOR, preferred: SECTOR, max: SEALED_MAX_PAYLOAD };

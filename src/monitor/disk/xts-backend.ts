@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
 import { integrityImageId } from '../../crypto/integrity-tree.ts';
 import { sectorJobs } from '../../crypto/native.ts';
-import type { BlockBackend, BlockSizes } from './backend.ts';
+import { ioError, type BlockBackend, type BlockSizes } from './backend.ts';
 import { SealedDiskError, type AlertSink, type SealedDiskAlert } from './sealed-alerts.ts';
 import type { EncryptionSectorSize } from './sector-crypto.ts';
 
@@ -69,10 +69,6 @@ export interface XtsBackendOptions {
   onAlert: AlertSink;
   /** 4096 for our images, 512 for LUKS1 imports. Default 4096. */
   encryptionSectorSize?: EncryptionSectorSize;
-}
-
-function ioError(message: string, code = 'EIO'): Error {
-  return Object.assign(new Error(message), { code });
 }
 
 export class XtsBackend implements BlockBackend {
