@@ -29,10 +29,11 @@ const BOOT_TIMEOUT_MS = 240_000;
 
 /**
  * What the demo guest runs: init, the root shell on ttyS0, its services and the few tools those
- * (and the demo's own commands) start. Every program is busybox, or the sensor daemon's script.
+ * (and the demo's own commands) start, and `date`, the crontab's minutely job. Every program is
+ * busybox, or the sensor daemon's script.
  */
 export const DEMO_GUEST_ALLOWLIST = {
-  comms: ['init', 'sh', ...GUEST_SERVICES.map((s) => s.name), 'sleep', 'logger', 'start-stop-daem', 'ps', 'cat', 'cp', 'killall', 'pidof', 'seq'],
+  comms: ['init', 'sh', ...GUEST_SERVICES.map((s) => s.name), 'sleep', 'logger', 'start-stop-daem', 'ps', 'cat', 'cp', 'killall', 'pidof', 'seq', 'date'],
   exes: ['/bin/busybox', '/usr/sbin/vmseal-sensord'],
 };
 
