@@ -152,6 +152,19 @@ test('IDS checks on the real guest', { timeout: 900_000 }, async (t) => {
     await sh('killall busybox-evil');
   });
 
+  await t.test('an exited process whose name is allowed is not reported for its missing executable', async () => {
+    const check = allowlistCheck({ comms: ['init', 'sh', 'sleep'], exes: ['/bin/busybox'] });
+    // The outer sh execs into a sleep that never reaps its child: "sleep 0.1" stays a zombie, without an mm.
+    await sh("(sh -c 'sleep 0.1 & exec sleep 1000' &) ; sleep 0.5");
+    await intro.refresh();
+    const zombie = (await listProcesses(k)).find((p) => p.comm === 'sleep' && p.state === 'Z');
+    assert.ok(zombie, 'the zombie is listed');
+    assert.ok(zombie.task.mm.isNull, 'a zombie has no mm');
+    const alerts = (await check.scan(k)).alerts;
+    assert.equal(alerts.find((a) => a.evidence.pid === zombie.pid), undefined, JSON.stringify(alerts));
+    await sh(`kill ${zombie.ppid}`);
+  });
+
   await t.test('a task unlinked from the task list (DKOM) is found through the pid IDR', async () => {
     await sh('(sleep 1000 &) ; sleep 0.2');
     await intro.refresh();
