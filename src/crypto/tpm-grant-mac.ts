@@ -9,6 +9,12 @@
  *
  * The key is derived rather than the command key used directly, so no key serves two algorithms. The
  * proof names the owner command's counter, so it is good for exactly one share command.
+ *
+ * A peer proof (tpm-peer: the owner's guest may then grant to the grantee itself) is the same kind of
+ * statement with its own key and label, so neither proof can stand in for the other:
+ *
+ *   K_peer = HKDF-SHA256(IKM = K_command(grantee), salt = "", info = "vmseal/v1/tpm-peer-proof", L = 32)
+ *   proof  = HMAC-SHA256(K_peer, "VMSEAL-PEER1" ‖ ownerVmId (16) ‖ granteeVmId (16) ‖ u64 BE counter)
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { hkdfSha256 } from './keys.ts';
@@ -16,6 +22,8 @@ import { hkdfSha256 } from './keys.ts';
 export const GRANT_PROOF_BYTES = 32;
 const LABEL = Buffer.from('VMSEAL-GRANT1', 'ascii');
 const INFO = Buffer.from('vmseal/v1/tpm-grant-proof', 'ascii');
+const PEER_LABEL = Buffer.from('VMSEAL-PEER1', 'ascii');
+const PEER_INFO = Buffer.from('vmseal/v1/tpm-peer-proof', 'ascii');
 
 export interface GrantStatement {
   ownerVmId: string;
@@ -29,10 +37,16 @@ function vmId(hex: string, what: string): Buffer {
   return Buffer.from(hex, 'hex');
 }
 
+export type PeerStatement = Omit<GrantStatement, 'nvIndex'>;
+
+function checkInputs(key: Uint8Array, counter: number): void {
+  if (key.length !== 32) throw new RangeError('command key must be 32 bytes');
+  if (!Number.isSafeInteger(counter) || counter < 1) throw new RangeError(`counter ${counter}`);
+}
+
 export function grantProof(granteeCommandKey: Uint8Array, s: GrantStatement): Buffer {
-  if (granteeCommandKey.length !== 32) throw new RangeError('command key must be 32 bytes');
+  checkInputs(granteeCommandKey, s.counter);
   if (!Number.isInteger(s.nvIndex) || s.nvIndex < 0 || s.nvIndex > 0xffffffff) throw new RangeError(`NV index ${s.nvIndex}`);
-  if (!Number.isSafeInteger(s.counter) || s.counter < 1) throw new RangeError(`counter ${s.counter}`);
   const fixed = Buffer.alloc(12);
   fixed.writeUInt32BE(s.nvIndex, 0);
   fixed.writeBigUInt64BE(BigInt(s.counter), 4);
@@ -42,5 +56,18 @@ export function grantProof(granteeCommandKey: Uint8Array, s: GrantStatement): Bu
 
 export function grantProofValid(granteeCommandKey: Uint8Array, s: GrantStatement, proof: Uint8Array): boolean {
   const expected = grantProof(granteeCommandKey, s);
+  return proof.length === expected.length && timingSafeEqual(expected, proof);
+}
+
+export function peerProof(granteeCommandKey: Uint8Array, s: PeerStatement): Buffer {
+  checkInputs(granteeCommandKey, s.counter);
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(s.counter));
+  const key = hkdfSha256(granteeCommandKey, Buffer.alloc(0), PEER_INFO, 32);
+  return createHmac('sha256', key).update(PEER_LABEL).update(vmId(s.ownerVmId, 'owner VM id')).update(vmId(s.granteeVmId, 'grantee VM id')).update(counter).digest();
+}
+
+export function peerProofValid(granteeCommandKey: Uint8Array, s: PeerStatement, proof: Uint8Array): boolean {
+  const expected = peerProof(granteeCommandKey, s);
   return proof.length === expected.length && timingSafeEqual(expected, proof);
 }

@@ -1,7 +1,8 @@
 // TPM 2.0 command codes (Part 2 TPM_CC) with the size of each command's handle area and of its
 // response's handle area (Part 3, the "Command" and "Response" tables of every command). The handle
 // counts are what locate the authorization area: it follows the handle area. Commands not listed
-// (newer than TPM 2.0 Library 1.83 or vendor) are answered TPM_RC_COMMAND_CODE.
+// (newer than TPM 2.0 Library 1.83, or vendor commands other than vmseal's own in VENDOR_TABLE) are
+// answered TPM_RC_COMMAND_CODE.
 
 export interface CommandInfo {
   readonly name: string;
@@ -143,15 +144,28 @@ const TABLE: ReadonlyArray<readonly [string, number, number, number]> = [
   ['PolicyTransportSPDM', 0x1a1, 1, 0],
 ];
 
-const BY_CODE: ReadonlyMap<number, CommandInfo> = new Map(
-  TABLE.map(([name, code, handles, responseHandles]) => [code, Object.freeze({ name, code, handles, responseHandles })]),
-);
+/**
+ * vmseal's vendor commands (TPMA_CC V bit, 0x20000000): a guest asks its monitor to share or revoke one of
+ * its NV indices (vmseal-vendor.ts). No TPM runs them; the monitor's proxy answers them itself.
+ */
+const VENDOR_TABLE: ReadonlyArray<readonly [string, number, number, number]> = [
+  ['Vmseal_NV_Share', 0x20005601, 1, 0],
+  ['Vmseal_NV_Revoke', 0x20005602, 1, 0],
+];
+
+const entries = (t: typeof TABLE) => t.map(([name, code, handles, responseHandles]): [number, CommandInfo] => [code, Object.freeze({ name, code, handles, responseHandles })]);
+const BY_CODE: ReadonlyMap<number, CommandInfo> = new Map(entries(TABLE));
+const VENDOR_BY_CODE: ReadonlyMap<number, CommandInfo> = new Map(entries(VENDOR_TABLE));
 
 /** The command's table entry, or undefined for a code this TPM model does not know. */
 export function commandInfo(code: number): CommandInfo | undefined {
-  return BY_CODE.get(code);
+  return BY_CODE.get(code) ?? VENDOR_BY_CODE.get(code);
 }
 
+/** TPMA_CC.V: the command code is a vendor's, not the TCG's. */
+export const TPM_CC_VENDOR_BIT = 0x20000000;
+
+/** The TCG commands of the table (vendor commands excluded). */
 export function allCommands(): CommandInfo[] {
   return [...BY_CODE.values()];
 }
@@ -201,4 +215,6 @@ export const TPM_CC = {
   PolicyAuthorizeNV: 0x192,
   NV_DefineSpace2: 0x19d,
   NV_ReadPublic2: 0x19e,
+  Vmseal_NV_Share: 0x20005601,
+  Vmseal_NV_Revoke: 0x20005602,
 } as const;

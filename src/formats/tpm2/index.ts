@@ -9,3 +9,4 @@ export * from './nv.ts';
 export * from './attest.ts';
 export * from './builders.ts';
 export * from './session.ts';
+export * from './vmseal-vendor.ts';
