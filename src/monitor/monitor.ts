@@ -176,7 +176,7 @@ export class Monitor {
             ...(nvAccess ? { policy: nvAccess.policyFor(instance) } : {}),
           })
         : undefined;
-      if (vtpm && nvAccess) nvAccess.attach(instance, vtpm.endpoint);
+      if (vtpm && nvAccess) nvAccess.attach(instance, vtpm.endpoint, vmId);
       const detachNv = (): void => {
         if (vtpm && nvAccess) nvAccess.detach(instance, vtpm.endpoint);
       };

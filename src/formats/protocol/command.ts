@@ -17,9 +17,11 @@ export type VmOp = (typeof VM_OPS)[number];
 
 /**
  * vTPM ops (docs/vtpm-nv.md): share one NV index read-only with another VM of the tenant (`proof` is
- * crypto/tpm-grant-mac.ts's MAC under the grantee's key), revoke it, read PCRs and the launch event log.
+ * crypto/tpm-grant-mac.ts's MAC under the grantee's key), revoke it, read PCRs and the launch event log;
+ * peer / unpeer another VM of the tenant (`proof`: the peer MAC under its key), which lets this VM's guest
+ * share its indices with it by itself (the vendor command of formats/tpm2/vmseal-vendor.ts).
  */
-export const TPM_OPS = ['tpm-share', 'tpm-revoke', 'tpm-pcrs'] as const;
+export const TPM_OPS = ['tpm-share', 'tpm-revoke', 'tpm-pcrs', 'tpm-peer', 'tpm-unpeer'] as const;
 export type TpmOp = (typeof TPM_OPS)[number];
 /**
  * Disk integrity ops (docs/integrity.md): `scan` hashes the guest's files on the decrypted disk and
@@ -49,6 +51,8 @@ export const commandSchema = z.discriminatedUnion('op', [
   z.strictObject({ ...commandHead, op: z.enum([...VM_OPS, 'tpm-pcrs']), args: z.strictObject({}) }),
   z.strictObject({ ...commandHead, op: z.literal('tpm-share'), args: z.strictObject({ index: nvIndexField, with: vmIdHex, proof: hexBytes(32) }) }),
   z.strictObject({ ...commandHead, op: z.literal('tpm-revoke'), args: z.strictObject({ index: nvIndexField, from: vmIdHex }) }),
+  z.strictObject({ ...commandHead, op: z.literal('tpm-peer'), args: z.strictObject({ with: vmIdHex, proof: hexBytes(32) }) }),
+  z.strictObject({ ...commandHead, op: z.literal('tpm-unpeer'), args: z.strictObject({ with: vmIdHex }) }),
   z.strictObject({ ...commandHead, op: z.literal('scan'), args: z.strictObject({ page: z.number().int().min(0).max(1_000_000), paths: z.array(guestPathField).max(16).optional() }) }),
   z.strictObject({ ...commandHead, op: z.literal('protect'), args: z.strictObject({ path: guestPathField }) }),
 ]);
@@ -58,6 +62,8 @@ export type CommandRequest =
   | { op: VmOp | 'tpm-pcrs'; args: Record<string, never> }
   | { op: 'tpm-share'; args: { index: number; with: string; proof: string } }
   | { op: 'tpm-revoke'; args: { index: number; from: string } }
+  | { op: 'tpm-peer'; args: { with: string; proof: string } }
+  | { op: 'tpm-unpeer'; args: { with: string } }
   | { op: 'scan'; args: { page: number; paths?: string[] } }
   | { op: 'protect'; args: { path: string } };
 

@@ -101,6 +101,21 @@ export const MIGRATIONS: readonly Migration[] = [
       DROP TABLE pending_flushes;
     `,
   },
+  {
+    version: 5,
+    name: 'vTPM peers: VMs an owner VM\'s guest may share its NV indices with (monitor/vtpm/nv-peers.ts)',
+    // As for nv_grants, the token (AEAD under the NV manager key) is the truth; the plain columns index it.
+    sql: `
+      CREATE TABLE nv_peers (
+        owner      TEXT NOT NULL CHECK (length(owner) = 32),
+        peer       TEXT NOT NULL CHECK (length(peer) = 32),
+        peer_vm_id TEXT NOT NULL CHECK (length(peer_vm_id) = 32),
+        token      BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, peer)
+      ) STRICT;
+    `,
+  },
 ];
 
 const HASH_BYTES = 32;

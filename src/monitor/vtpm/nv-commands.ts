@@ -7,12 +7,15 @@
  *   tpm-revoke {index, from}         the sender owns `index`; the grant goes before the result is sealed,
  *                                    so the grantee's next command already fails
  *   tpm-pcrs   {}                    sha256 PCRs 0-23 read from the VM's swtpm, and its launch event log
+ *   tpm-peer   {with, proof}         `with` runs here and `proof` is the peer MAC under its key: the sender's
+ *                                    guest may from now on share its indices with it itself (nv-guest-grant.ts)
+ *   tpm-unpeer {with}                withdraws that; grants the guest already made stay until revoked
  *
  * A failure throws VtpmCommandError; the monitor seals its message as the command's error.
  */
 import { readFile } from 'node:fs/promises';
-import { grantProofValid } from '../../crypto/tpm-grant-mac.ts';
-import type { SealedCommandBody } from '../../formats/protocol/command.ts';
+import { grantProofValid, peerProofValid } from '../../crypto/tpm-grant-mac.ts';
+import { TPM_OPS, type SealedCommandBody, type TpmOp } from '../../formats/protocol/command.ts';
 import { TPM_ALG, TPM_CC, parsePcrReadResponse, parseResponse, pcrReadCommand } from '../../formats/tpm2/index.ts';
 import { isManagedIndex, type NvAccessControl } from './nv-policy.ts';
 import type { OwnerClaim } from './nv-token.ts';
@@ -41,10 +44,10 @@ export interface TpmPcrsResult {
   eventLog: string;
 }
 
-type TpmBody = SealedCommandBody & ({ op: 'tpm-share' | 'tpm-revoke' | 'tpm-pcrs' });
+type TpmBody = SealedCommandBody & { op: TpmOp };
 
 export function isTpmCommand(body: SealedCommandBody): body is TpmBody {
-  return body.op === 'tpm-share' || body.op === 'tpm-revoke' || body.op === 'tpm-pcrs';
+  return (TPM_OPS as readonly string[]).includes(body.op);
 }
 
 const hex = (n: number) => `0x${n.toString(16)}`;
@@ -84,6 +87,22 @@ export async function runTpmCommand(control: NvAccessControl, vm: NvVm, body: Tp
     }
     case 'tpm-pcrs':
       return readPcrs(vm);
+    case 'tpm-peer': {
+      const peer = lookup(body.args.with);
+      if (!peer) throw new VtpmCommandError(`VM ${body.args.with} is not running on this host`);
+      if (peer.instance === vm.instance) throw new VtpmCommandError('a VM cannot be its own peer');
+      if (!peerProofValid(peer.commandKey, { ownerVmId: vm.vmId, granteeVmId: peer.vmId, counter: body.counter }, Buffer.from(body.args.proof, 'hex'))) {
+        throw new VtpmCommandError(`the peering is not proven with VM ${peer.vmId}'s key: only a tenant holding both VMs' keys may peer them`);
+      }
+      control.ownership.peers.add(vm.instance, peer.instance, peer.vmId);
+      return undefined;
+    }
+    case 'tpm-unpeer': {
+      const peer = lookup(body.args.with);
+      const n = control.ownership.peers.remove(vm.instance, { vmId: body.args.with, ...(peer ? { instance: peer.instance } : {}) });
+      if (n === 0) throw new VtpmCommandError(`VM ${body.args.with} is not a peer of VM ${vm.vmId}`);
+      return undefined;
+    }
   }
 }
 

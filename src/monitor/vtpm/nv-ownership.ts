@@ -6,6 +6,7 @@
  * change is one committed transaction (synchronous=FULL) before the caller answers the guest.
  */
 import type Database from 'better-sqlite3';
+import { NvPeers } from './nv-peers.ts';
 import { grantTokenValid, INSTANCE_ID, NvTokenError, openOwnerToken, sealGrantToken, sealOwnerToken, sealOwnerTokenWith, type OwnerClaim } from './nv-token.ts';
 
 export interface NvQuota {
@@ -32,6 +33,8 @@ interface OwnerRow {
 }
 
 export class NvOwnership {
+  /** Which VMs each owner's guest may share with by itself (nv-peers.ts); same database, key and tamper callback. */
+  readonly peers: NvPeers;
   readonly #db: Database.Database;
   readonly #key: Buffer;
   readonly #onTamper: (detail: string) => void;
@@ -48,6 +51,7 @@ export class NvOwnership {
     this.#db = db;
     this.#key = managerKey;
     this.#onTamper = onTamper;
+    this.peers = new NvPeers(db, managerKey, onTamper);
     this.#sql = {
       grantees: db.prepare('SELECT grantee FROM nv_grants WHERE nv_index = ?'),
       grantRow: db.prepare('SELECT token FROM nv_grants WHERE nv_index = ? AND grantee = ?'),

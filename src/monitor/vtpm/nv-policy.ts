@@ -15,10 +15,12 @@
  * reaches swtpm (so two VMs racing for one index cannot both win, and a crash leaves the index claimed by
  * the VM that asked) and dropped again if swtpm refuses. NV_UndefineSpace(Special) likewise drops the row
  * after swtpm succeeded and before the guest hears so. Indices outside the range are the VM's private
- * business: they live in its own swtpm, which no other VM reaches.
+ * business: they live in its own swtpm, which no other VM reaches. vmseal's vendor commands (the owner guest
+ * sharing or revoking one of its indices itself) are answered by nv-guest-grant.ts.
  */
-import { TPM_CC, TPM_RC, TPM_RH, TPMA_SESSION, Tpm2FormatError, errorResponse, nvAccess, nvHandlesOf, nvReadPublicCommand, parseNvReadPublicResponse, parseResponse, rcForHandle, stripTrailingZeros, type NvAccess, type ParsedCommand } from '../../formats/tpm2/index.ts';
+import { TPM_CC, TPM_RC, TPM_RH, TPMA_SESSION, Tpm2FormatError, errorResponse, isGuestGrantCommand, nvAccess, nvHandlesOf, nvReadPublicCommand, parseNvReadPublicResponse, parseResponse, rcForHandle, stripTrailingZeros, type NvAccess, type ParsedCommand } from '../../formats/tpm2/index.ts';
 import { GuestSessions } from './guest-sessions.ts';
+import { guestGrant } from './nv-guest-grant.ts';
 import { DEFAULT_NV_QUOTA, NvOwnership, type NvQuota } from './nv-ownership.ts';
 import { sharedReadWithHmacSession } from './nv-shared-read.ts';
 import type { OwnerClaim } from './nv-token.ts';
@@ -77,6 +79,8 @@ export class NvAccessControl {
   /** Running vTPMs by instance id: where a grantee's reads are served from. */
   readonly #endpoints = new Map<string, TpmEndpoint>();
   readonly #sessions = new Map<string, GuestSessions>();
+  /** Running VMs' vTPM instances by VM id: whom a guest's own share command may name (nv-guest-grant.ts). */
+  readonly #byVmId = new Map<string, string>();
 
   constructor(o: NvAccessControlOptions) {
     this.ownership = o.ownership;
@@ -101,9 +105,13 @@ export class NvAccessControl {
     };
   }
 
-  /** `instance`'s swtpm runs: its own managed commands and its grantees' reads go there. */
-  attach(instance: string, tpm: TpmEndpoint): void {
+  /**
+   * `instance`'s swtpm runs: its own managed commands and its grantees' reads go there. With `vmId` (the
+   * running VM's id) its peers' guests may name it in their own share commands.
+   */
+  attach(instance: string, tpm: TpmEndpoint, vmId?: string): void {
     this.#endpoints.set(instance, tpm);
+    if (vmId !== undefined) this.#byVmId.set(vmId, instance);
   }
 
   /** Its swtpm stopped: grantees' reads of its indices get TPM_RC_NV_UNAVAILABLE until it is back. */
@@ -111,6 +119,7 @@ export class NvAccessControl {
     if (this.#endpoints.get(instance) !== tpm) return;
     this.#endpoints.delete(instance);
     this.#sessions.delete(instance);
+    for (const [vmId, i] of this.#byVmId) if (i === instance) this.#byVmId.delete(vmId);
   }
 
   /** A command of `req`'s guest run on its own swtpm by the policy: its sessions' nonces are followed. */
@@ -122,6 +131,10 @@ export class NvAccessControl {
 
   /** The decision for one well-formed command `cmd` (whose bytes are `raw`) from `req`. */
   async decide(req: NvRequester, cmd: ParsedCommand, raw: Buffer): Promise<PolicyDecision> {
+    if (isGuestGrantCommand(cmd.commandCode)) {
+      const response = guestGrant({ ownership: this.ownership, sender: req.instance, running: (vmId) => this.#byVmId.get(vmId), log: this.#log }, cmd);
+      return { action: 'respond', response };
+    }
     let access: NvAccess | undefined;
     try {
       access = nvAccess(cmd);

@@ -15,7 +15,7 @@
  */
 import { Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
-import { HEADER_SIZE, TPM_CC, TPM_RC, TPM_RH, Tpm2FormatError, errorResponse, parseCommand, rcForHandle, type ParsedCommand } from '../../formats/tpm2/index.ts';
+import { HEADER_SIZE, TPM_CC, TPM_CC_VENDOR_BIT, TPM_RC, TPM_RH, Tpm2FormatError, errorResponse, parseCommand, rcForHandle, type ParsedCommand } from '../../formats/tpm2/index.ts';
 import { acceptConnection, closeFd, listenUnix, watchReadable, type ReadableWatch } from '../unix/fd-passing.ts';
 import { NativeSocket } from './native-socket.ts';
 import type { SwtpmControl } from './swtpm-control.ts';
@@ -256,6 +256,11 @@ export class TpmProxy {
       if (decision.action === 'respond') {
         this.stats.answeredByPolicy++;
         return decision.response;
+      }
+      // vmseal's vendor commands are the policy's to answer; no TPM behind the proxy knows them.
+      if (cmd.commandCode & TPM_CC_VENDOR_BIT) {
+        this.stats.rejected++;
+        return errorResponse(TPM_RC.COMMAND_CODE);
       }
       if (decision.action === 'forward-to') {
         this.stats.forwardedElsewhere++;
