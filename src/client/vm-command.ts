@@ -3,7 +3,7 @@
  * tenant state before the command leaves, so a crash can never make the tenant reuse one (which the
  * monitor would refuse as a replay).
  */
-import { grantProof } from '../crypto/tpm-grant-mac.ts';
+import { grantProof, peerProof } from '../crypto/tpm-grant-mac.ts';
 import { commandResponseSchema } from '../formats/protocol/monitor-api.ts';
 import type { CommandRequest, CommandResultBody, ScanPage, TpmOp, VmOp } from '../formats/protocol/command.ts';
 import { MgmtClient } from './mgmt-client.ts';
@@ -36,18 +36,22 @@ export function sendVmCommand(tenantDir: string, name: string, op: VmOp): Promis
 }
 
 /**
- * `vmseal vm tpm share|revoke|pcrs`. A share carries the proof that this tenant also holds the grantee's
- * keys (crypto/tpm-grant-mac.ts); both VMs are named by the tenant's own names.
+ * `vmseal vm tpm share|revoke|peer|unpeer|pcrs`. A share or peer carries the proof that this tenant also
+ * holds the other VM's keys (crypto/tpm-grant-mac.ts); both VMs are named by the tenant's own names.
  */
 export function sendTpmCommand(tenantDir: string, name: string, op: TpmOp, o: { index?: number; other?: string } = {}): Promise<CommandResultBody> {
   return send(tenantDir, name, (s, counter): CommandRequest => {
     if (op === 'tpm-pcrs') return { op, args: {} };
-    if (o.index === undefined || o.other === undefined) throw new Error(`${op} needs an NV index and another VM`);
+    if (o.other === undefined) throw new Error(`${op} needs another VM`);
     if (o.other === name) throw new Error('the other VM must not be the owner itself');
     const other = vmRecord(s, o.other);
-    if (op === 'tpm-revoke') return { op, args: { index: o.index, from: other.vmId } };
     const owner = vmRecord(s, name);
-    const proof = grantProof(Buffer.from(other.commandKey, 'base64'), { ownerVmId: owner.vmId, granteeVmId: other.vmId, nvIndex: o.index, counter });
+    const otherKey = Buffer.from(other.commandKey, 'base64');
+    if (op === 'tpm-unpeer') return { op, args: { with: other.vmId } };
+    if (op === 'tpm-peer') return { op, args: { with: other.vmId, proof: peerProof(otherKey, { ownerVmId: owner.vmId, granteeVmId: other.vmId, counter }).toString('hex') } };
+    if (o.index === undefined) throw new Error(`${op} needs an NV index`);
+    if (op === 'tpm-revoke') return { op, args: { index: o.index, from: other.vmId } };
+    const proof = grantProof(otherKey, { ownerVmId: owner.vmId, granteeVmId: other.vmId, nvIndex: o.index, counter });
     return { op, args: { index: o.index, with: other.vmId, proof: proof.toString('hex') } };
   });
 }

@@ -107,6 +107,66 @@ while :; do
 done
 `;
 
+/**
+ * vmseal-tpm-grant: the owner guest's own share / revoke of one of its NV indices (docs/vtpm-nv.md, "Grants
+ * from inside the owner guest"). It frames vmseal's vendor command (formats/tpm2/vmseal-vendor.ts) with printf
+ * and sends it with tpm2_send on /dev/tpm0: the kernel's resource manager (/dev/tpmrm0) refuses command codes
+ * the TPM did not list in TPM_CAP_COMMANDS, and the raw device passes any.
+ */
+export const GUEST_GRANT_TOOL = 'usr/bin/vmseal-tpm-grant';
+
+export const GUEST_GRANT_TOOL_SCRIPT = `#!/bin/sh
+# vmseal-tpm-grant share|revoke INDEX VMID [PASSWORD]
+# Asks the vmseal monitor, through this VM's own vTPM, to let VM VMID read NV index INDEX of this VM
+# (VMID must be a peer the tenant approved: vmseal vm tpm peer), or to withdraw that. PASSWORD is the
+# index's auth value ("hex:..." for raw bytes), as given to tpm2_nvdefine -p.
+usage() {
+	echo "usage: vmseal-tpm-grant share|revoke INDEX VMID [PASSWORD]" >&2
+	exit 2
+}
+[ $# -ge 3 ] && [ $# -le 4 ] || usage
+case $1 in
+share) cc=20005601 ;;
+revoke) cc=20005602 ;;
+*) usage ;;
+esac
+index=$(printf %08x "$2" 2>/dev/null) || usage
+case $index in 01??????) ;; *) usage ;; esac
+vmid=$3
+[ \${#vmid} -eq 32 ] || usage
+case $vmid in *[!0-9a-f]*) usage ;; esac
+hexof() { od -An -tx1 -v | tr -d ' \\n'; }
+case \${4-} in
+hex:*) pw=$(echo "\${4#hex:}" | tr 'A-F' 'a-f') ;;
+*) pw=$(printf %s "\${4-}" | hexof) ;;
+esac
+case $pw in *[!0-9a-f]*) usage ;; esac
+pwlen=$((\${#pw} / 2))
+[ $((pwlen * 2)) -eq \${#pw} ] && [ $pwlen -le 64 ] || usage
+# header, handle, auth area (TPM_RS_PW, no nonce, no attributes, the password), TPM2B grantee VM id
+cmd=8002$(printf %08x $((61 + pwlen)))$cc$index$(printf %08x $((9 + pwlen)))40000009000000$(printf %04x $pwlen)\${pw}0020$(printf %s "$vmid" | hexof)
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+printf "$(echo "$cmd" | sed 's/../\\\\x&/g')" >"$tmp/cmd"
+tpm2_send -T device:/dev/tpm0 -o "$tmp/rsp" <"$tmp/cmd" || exit 1
+rc=$(dd if="$tmp/rsp" bs=1 skip=6 count=4 2>/dev/null | hexof)
+if [ "$rc" = 00000000 ]; then
+	echo "vmseal-tpm-grant: $1 0x$index $vmid done"
+	exit 0
+fi
+case $rc in
+0000018b) why="this VM owns no managed NV index 0x$index" ;;
+000009a2) why="wrong index password" ;;
+0000012f) why="the monitor does not know this index's password (defined with parameter encryption)" ;;
+000001c4) why="$vmid is not a running peer of this VM (share) or has no grant (revoke)" ;;
+0000014b) why="too many grants on this index" ;;
+00000143) why="no vmseal monitor behind this TPM" ;;
+*) why="TPM error" ;;
+esac
+echo "vmseal-tpm-grant: $1 failed: TPM_RC 0x$rc: $why" >&2
+exit 1
+`;
+
 /** busybox acpid maps the power button (KEY_POWER) to /etc/acpi/PWRF/00000080. */
 const POWER_BUTTON = `#!/bin/sh
 # ACPI power button (QMP system_powerdown): power off through init's shutdown actions.
@@ -140,6 +200,7 @@ function rootfsEntries(busybox: Busybox, busyboxBytes: Uint8Array, packaged: rea
     file('var/spool/cron/crontabs/root', '# heartbeat, so crond has work and the log grows\n* * * * * date -u >> /var/log/cron-heartbeat.log\n', 0o600),
     file('srv/www/index.html', '<!doctype html>\n<title>vmseal demo guest</title>\n<p>Served by busybox httpd inside the vmseal demo guest.</p>\n'),
     file('usr/sbin/vmseal-sensord', SENSOR_DAEMON, 0o755),
+    file(GUEST_GRANT_TOOL, GUEST_GRANT_TOOL_SCRIPT, 0o755),
     ...packaged,
   ];
 }

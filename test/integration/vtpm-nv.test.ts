@@ -5,6 +5,11 @@
  * under B's key. A's guest defines and writes; then A's vTPM serves B's reads while B's guest runs (A's
  * swtpm is restarted from its encrypted state, and the NV policy reopened from the database, in between:
  * the binding survives process exit and a monitor restart).
+ *
+ * Grants from inside the owner guest ride along on the same boots: the tenant peers A→B (sealed tpm-peer,
+ * monitor side) before A's guest runs; A's guest defines a second index and shares it with B itself
+ * (vmseal-tpm-grant, the vendor command on /dev/tpm0); B's stock tpm2_nvread reads it and B's own share
+ * attempt is refused; one more boot of A revokes it from inside, and B's next read through its proxy fails.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,8 +18,8 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deriveVmKey } from '../../src/crypto/keys.ts';
-import { grantProof } from '../../src/crypto/tpm-grant-mac.ts';
-import { TPM_CC, TPM_RC, nvReadCommand, parseNvReadResponse, parseResponse, startupCommand } from '../../src/formats/tpm2/index.ts';
+import { grantProof, peerProof } from '../../src/crypto/tpm-grant-mac.ts';
+import { TPM_CC, TPM_RC, guestGrantCommand, nvReadCommand, nvReadPublicCommand, parseNvReadResponse, parseResponse, startupCommand } from '../../src/formats/tpm2/index.ts';
 import { buildGuest } from '../../src/guest/build.ts';
 import { runInGuest } from '../../src/guest/console-shell.ts';
 import { GUEST_READY_MARKER } from '../../src/guest/contract.ts';
@@ -32,6 +37,8 @@ import { Vtpm } from '../../src/monitor/vtpm/vtpm.ts';
 
 const TIMEOUT = 20 * 60_000;
 const INDEX = 0x01800010;
+/** Shared by A's guest itself. */
+const INDEX2 = 0x01800011;
 
 function octal(hex: string): string {
   return Buffer.from(hex, 'hex').reduce((s, b) => s + `\\${b.toString(8).padStart(3, '0')}`, '');
@@ -61,7 +68,7 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   let monitor = await openMonitor();
   const startVtpm = async (who: 'a' | 'b') => {
     const v = await Vtpm.start({ stateBase: join(dir, 'vtpm'), volumeKey: vk[who], ca, name: `vm-${who}`, boot, policy: monitor.control.policyFor(vms[who].instance) });
-    monitor.control.attach(vms[who].instance, v.endpoint);
+    monitor.control.attach(vms[who].instance, v.endpoint, vms[who].vmId);
     return v;
   };
   const running: Array<{ vtpm?: Vtpm; launch?: DiskLaunch }> = [];
@@ -96,10 +103,35 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   // Guest A defines a managed index and writes a value.
   const value = `vmseal-${randomBytes(12).toString('hex')}`;
   const idx = `0x${INDEX.toString(16)}`;
+  const lookup = (id: string) => Object.values(vms).find((v) => v.vmId === id);
+  let counterA = 0;
+  // B runs on this host (its vTPM is up; its guest boots later): the tenant lets A's guest share with it.
+  const vtpmB0 = await startVtpm('b');
+  running.push({ vtpm: vtpmB0 });
+  counterA++;
+  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: counterA, op: 'tpm-peer', args: { with: vms.b.vmId, proof: peerProof(vms.b.commandKey, { ownerVmId: vms.a.vmId, granteeVmId: vms.b.vmId, counter: counterA }).toString('hex') } }, lookup);
   const vtpmA = await startVtpm('a');
   running.push({ vtpm: vtpmA });
   const launchA = await bootGuest(vtpmA, 'nv-a');
   const a = shell(launchA);
+
+  // A's guest shares a second index with B by itself: the vendor command on /dev/tpm0, answered by the proxy.
+  const value2 = `guest-${randomBytes(8).toString('hex')}`;
+  const idx2 = `0x${INDEX2.toString(16)}`;
+  const pw2 = 'guest-pw';
+  await a.ok(`tpm2_nvdefine ${idx2} -C o -s ${value2.length} -a "ownerread|ownerwrite|authread|authwrite|no_da" -p ${pw2}`);
+  await a.ok(`printf %s ${value2} > /tmp/nv2.in && tpm2_nvwrite ${idx2} -C o -i /tmp/nv2.in`);
+  await a.fails(`vmseal-tpm-grant share ${idx2} ${vms.b.vmId} wrong-pw`, /TPM_RC 0x000009a2/);
+  await a.fails(`vmseal-tpm-grant share ${idx2} ${randomBytes(16).toString('hex')} ${pw2}`, /TPM_RC 0x000001c4/);
+  // The kernel's resource manager refuses a command code the TPM did not advertise (hence /dev/tpm0).
+  const viaRm = guestGrantCommand('share', INDEX2, vms.b.vmId, Buffer.from(pw2)).toString('hex');
+  const rm = await a.ok(`printf '${octal(viaRm)}' > /tmp/rm.cmd && tpm2_send -T device:/dev/tpmrm0 < /tmp/rm.cmd | od -An -tx1`);
+  assert.equal(rm.replace(/\s+/g, ''), '80010000000a000b0143', 'tpmrm0 answers itself: TPM_RC_COMMAND_CODE in the resource-manager layer (0xB0000)');
+  assert.match(await a.ok(`vmseal-tpm-grant share ${idx2} ${vms.b.vmId} ${pw2}`), /done/);
+  const grant2 = monitor.control.ownership.ownerState(INDEX2);
+  assert.ok(grant2.kind === 'owned' && monitor.control.ownership.hasGrant(grant2.claim, vms.b.instance), 'the guest made the grant');
+  await vtpmB0.stop();
+  monitor.control.detach(vms.b.instance, vtpmB0.endpoint);
   // The index has its own password: a grantee proves it knows it, under tpm2-tools' HMAC session.
   const pw = 'share-pw';
   await a.ok(`tpm2_nvdefine ${idx} -C o -s ${value.length} -a "ownerread|ownerwrite|authread|authwrite|no_da" -p ${pw}`);
@@ -140,10 +172,17 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   assert.match(exhaust.output, /0x0*14b/i, exhaust.output);
   assert.equal(await aValue(), value, "A's value is unchanged");
 
+  // A's guest's grant of INDEX2 survived the monitor restart: B's stock tpm2_nvread reads it from A's vTPM,
+  // and B's guest cannot share A's index onward (it does not own it: the index looks absent).
+  const read2 = `rm -f /tmp/nv2.out; tpm2_nvread ${idx2} -P ${pw2} -s ${value2.length} -o /tmp/nv2.out && cat /tmp/nv2.out`;
+  assert.equal((await b.ok(read2)).trim().split('\n').pop(), value2, "B's tpm2_nvread returns what A's guest shared");
+  await b.fails(`vmseal-tpm-grant share ${idx2} ${vms.b.vmId} ${pw2}`, /TPM_RC 0x0000018b/);
+  await b.fails(`vmseal-tpm-grant revoke ${idx2} ${vms.b.vmId} ${pw2}`, /TPM_RC 0x0000018b/);
+
   // A shares with B (sealed tpm-share, monitor side, proof under B's key): B reads with plain tpm2_nvread.
-  const proof = grantProof(vms.b.commandKey, { ownerVmId: vms.a.vmId, granteeVmId: vms.b.vmId, nvIndex: INDEX, counter: 1 }).toString('hex');
-  const lookup = (id: string) => Object.values(vms).find((v) => v.vmId === id);
-  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 1, op: 'tpm-share', args: { index: INDEX, with: vms.b.vmId, proof } }, lookup);
+  counterA++;
+  const proof = grantProof(vms.b.commandKey, { ownerVmId: vms.a.vmId, granteeVmId: vms.b.vmId, nvIndex: INDEX, counter: counterA }).toString('hex');
+  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: counterA, op: 'tpm-share', args: { index: INDEX, with: vms.b.vmId, proof } }, lookup);
   // NV_Read under a password session (TPM_RS_PW with the index password), the exact bytes a TSS sends for it.
   const nvReadPw = nvReadCommand(INDEX, value.length, 0, { password: Buffer.from(pw) }).toString('hex');
   const rawRead = async () => (await b.ok(`printf '${octal(nvReadPw)}' > /tmp/rd && exec 3<>/dev/tpm0 && cat /tmp/rd >&3 && dd bs=4096 count=1 <&3 2>/dev/null | od -An -tx1; exec 3<&-`)).replace(/\s+/g, '');
@@ -161,7 +200,8 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
   await b.fails(`printf %s forged > /tmp/x && tpm2_nvwrite ${idx} -i /tmp/x`, /0x0*148/i);
 
   // A revokes: B's very next read fails.
-  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: 2, op: 'tpm-revoke', args: { index: INDEX, from: vms.b.vmId } }, lookup);
+  counterA++;
+  await runTpmCommand(monitor.control, vms.a, { vmId: vms.a.vmId, counter: counterA, op: 'tpm-revoke', args: { index: INDEX, from: vms.b.vmId } }, lookup);
   assert.equal((await rawRead()).slice(12, 20), '00000149', 'TPM_RC_NV_AUTHORIZATION after the revoke');
   await b.fails(read, /0x0*(149|18b)/i); // the index looks absent again: NV_ReadPublic answers TPM_RC_HANDLE
   await b.fails(`tpm2_nvreadpublic ${idx}`, /0x0*18b/i);
@@ -169,4 +209,19 @@ test('two guests: A defines and writes, B is refused, A shares, B reads A\'s val
 
   // The management plane's view of A's state: ciphertext only.
   for (const f of readdirSync(vtpmA2.stateDir)) assert.ok(!readFileSync(join(vtpmA2.stateDir, f)).includes(value), `${f} holds the NV value in clear`);
+
+  // A's guest revokes INDEX2 from inside (one more boot of A; B's vTPM keeps running); B's next read fails.
+  await launchB.stop(2000);
+  await vtpmA2.stop();
+  const vtpmA3 = await startVtpm('a');
+  running.push({ vtpm: vtpmA3 });
+  const launchA3 = await bootGuest(vtpmA3, 'nv-a3');
+  const a3 = shell(launchA3);
+  await a3.fails(`vmseal-tpm-grant revoke ${idx2} ${vms.b.vmId} wrong-pw`, /TPM_RC 0x000009a2/);
+  assert.match(await a3.ok(`vmseal-tpm-grant revoke ${idx2} ${vms.b.vmId} ${pw2}`), /done/);
+  await a3.fails(`vmseal-tpm-grant revoke ${idx2} ${vms.b.vmId} ${pw2}`, /TPM_RC 0x000001c4/);
+  await launchA3.stop(2000);
+  const bRead2 = await vtpmB.proxy.handleCommand(nvReadCommand(INDEX2, value2.length, 0, { password: Buffer.from(pw2) }));
+  assert.equal(bRead2.readUInt32BE(6), TPM_RC.NV_AUTHORIZATION, "B's NV_Read of INDEX2 after the guest's revoke");
+  assert.equal((await vtpmB.proxy.handleCommand(nvReadPublicCommand(INDEX2))).readUInt32BE(6), 0x18b, 'and the index looks absent to B again');
 });

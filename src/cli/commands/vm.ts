@@ -179,7 +179,7 @@ function nvIndexArg(text: string): number {
 
 /** `vmseal vm tpm …`: read-only NV sharing between the tenant's VMs, and the vTPM's PCRs. */
 function registerTpmCommands(vm: Command): void {
-  const tpm = vm.command('tpm').description("the VM's vTPM: share NV indices read-only with the tenant's other VMs, show PCRs");
+  const tpm = vm.command('tpm').description("the VM's vTPM: share NV indices read-only with the tenant's other VMs (or let its guest do so with peers), show PCRs");
   const report = (name: string, what: string, r: { ok: boolean; error?: string | undefined; counter: number }) => {
     process.stdout.write(`${name}: ${what} ${r.ok ? 'done' : `failed: ${r.error}`} (sealed result #${r.counter} verified)\n`);
     if (!r.ok) process.exitCode = 1;
@@ -203,6 +203,22 @@ function registerTpmCommands(vm: Command): void {
     .action(async (name: string, opts: { dir: string; index: string; from: string }) => {
       const index = nvIndexArg(opts.index);
       report(name, `revoke 0x${index.toString(16)} from ${opts.from}`, await sendTpmCommand(opts.dir, name, 'tpm-revoke', { index, other: opts.from }).catch(explain));
+    });
+  tpm.command('peer')
+    .description("let NAME's guest share its NV indices with OTHER by itself (the vmseal-tpm-grant tool in the guest)")
+    .argument('<name>', 'the VM whose guest may share')
+    .requiredOption('--with <other>', 'the VM it may share with')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string; with: string }) => {
+      report(name, `peer with ${opts.with}`, await sendTpmCommand(opts.dir, name, 'tpm-peer', { other: opts.with }).catch(explain));
+    });
+  tpm.command('unpeer')
+    .description("withdraw that; grants NAME's guest already made to OTHER stay until revoked (vm tpm revoke, or the guest tool)")
+    .argument('<name>', 'the VM whose guest may share')
+    .requiredOption('--with <other>', 'the peer to remove')
+    .addOption(tenantDirOption())
+    .action(async (name: string, opts: { dir: string; with: string }) => {
+      report(name, `unpeer ${opts.with}`, await sendTpmCommand(opts.dir, name, 'tpm-unpeer', { other: opts.with }).catch(explain));
     });
   tpm.command('pcrs')
     .description("the vTPM's sha256 PCRs next to the replay of the monitor's launch event log")
