@@ -31,7 +31,7 @@ export function registerDemoCommand(program: Command): void {
           ...section('2. sealed launch, VM identity and sealed commands through an untrusted management plane', sealed),
           ...section('3. an IDS outside the VM: a measured enclave reads the guest kernel through a sealed channel', ids),
           ...section('4. remote attestation: vTPM quote, measured launch and the IMA list read from outside the guest', attest),
-          ...section('5. a vTPM per VM: the measured launch replayed, and NV indices bound to the VM that made them', vtpm),
+          ...section('5. a vTPM per VM: the measured launch replayed, and NV indices bound to the VM that made them unless it shares them', vtpm),
           '',
         ].join('\n'),
       );

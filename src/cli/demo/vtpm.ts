@@ -3,9 +3,11 @@
  * The monitor measured its kernel, initrd and cmdline into PCRs 9 and 8 before the firmware's Startup was
  * answered; the tenant fetches the PCRs and the launch event log with the sealed tpm-pcrs command, replays
  * the log, and the guest's own `tpm2_pcrread` shows the same values. The guest then defines and writes an
- * NV index in the managed range; a second VM of the same tenant (launched only for this, after the first
- * is powered off: one QEMU at a time) tries to read it with ordinary tpm2-tools and gets TPM errors: the
- * index belongs to the first VM's token and there is no grant. Each line of the summary is a checked fact.
+ * NV index in the managed range; a second VM of the same tenant tries to read it with ordinary tpm2-tools
+ * and gets TPM errors: the index belongs to the first VM's token and there is no grant. The tenant then
+ * peers the two VMs (sealed tpm-peer through the management plane), the first guest shares the index
+ * itself (vmseal-tpm-grant), the second reads it with stock tpm2_nvread, and loses it again when the first
+ * guest revokes. Each line of the summary is a checked fact.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
@@ -114,7 +116,6 @@ export async function runVtpmDemo(opts: VtpmDemoOptions): Promise<string[]> {
     const back = (await sh(a.console, `tpm2_nvread ${IDX} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`)).trim().split('\n').pop();
     if (back !== value) throw new Error(`A reads back ${JSON.stringify(back)}, not ${value}`);
     lines.push(`NV        VM A defined ${IDX} (managed range) and wrote "${value}" with tpm2_nvdefine/tpm2_nvwrite`);
-    await sendVmCommand(cloud.tenantDir, 'tpm-a', 'poweroff');
 
     // B, the same tenant's other VM, without a grant.
     const b = await launchTpmVm(cloud, base, guest, 'tpm-b', log);
@@ -126,6 +127,19 @@ export async function runVtpmDemo(opts: VtpmDemoOptions): Promise<string[]> {
     if (rawRc !== 0x149) throw new Error(`B's raw NV_Read of A's index answered ${raw}, not TPM_RC_NV_AUTHORIZATION`);
     lines.push(`refused   VM B (same tenant, no grant): tpm2_nvreadpublic ${IDX} -> ${rcName(readPublic)}; tpm2_nvread -> ${rcName(nvread)}`);
     lines.push(`refused   VM B's raw TPM2_NV_Read of ${IDX} on /dev/tpm0 -> ${rcName(rawRc)}: nothing of A's index came back`);
+
+    // The tenant lets A's guest share with B; A's guest shares the index itself; B reads it with stock tools.
+    const peer = await sendTpmCommand(cloud.tenantDir, 'tpm-a', 'tpm-peer', { other: 'tpm-b' });
+    if (!peer.ok) throw new Error(`tpm-peer failed: ${peer.error}`);
+    await sh(a.console, `vmseal-tpm-grant share ${IDX} ${b.vmId}`);
+    const nvreadB = `rm -f /tmp/nv.out; tpm2_nvread ${IDX} -s ${value.length} -o /tmp/nv.out && cat /tmp/nv.out`;
+    const shared = (await sh(b.console, nvreadB)).trim().split('\n').pop();
+    if (shared !== value) throw new Error(`B reads ${JSON.stringify(shared)} after A's guest shared ${IDX}, not ${value}`);
+    lines.push(`shared    tenant: vm tpm peer tpm-a --with tpm-b (sealed); A's guest: vmseal-tpm-grant share ${IDX}; B's tpm2_nvread -> "${value}"`);
+    await sh(a.console, `vmseal-tpm-grant revoke ${IDX} ${b.vmId}`);
+    const afterRevoke = await refused(b.console, `tpm2_nvread ${IDX} -s ${value.length}`);
+    lines.push(`revoked   A's guest: vmseal-tpm-grant revoke; B's next tpm2_nvread -> ${rcName(afterRevoke)}`);
+    await sendVmCommand(cloud.tenantDir, 'tpm-a', 'poweroff');
     await sendVmCommand(cloud.tenantDir, 'tpm-b', 'poweroff');
     lines.push(`time      two sealed launches with vTPMs, the checks above: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } finally {
