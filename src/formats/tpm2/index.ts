@@ -10,3 +10,4 @@ export * from './attest.ts';
 export * from './builders.ts';
 export * from './session.ts';
 export * from './vmseal-vendor.ts';
+export * from './capability.ts';
