@@ -110,8 +110,12 @@ done
 /**
  * vmseal-tpm-grant: the owner guest's own share / revoke of one of its NV indices (docs/vtpm-nv.md, "Grants
  * from inside the owner guest"). It frames vmseal's vendor command (formats/tpm2/vmseal-vendor.ts) with printf
- * and sends it with tpm2_send on /dev/tpm0: the kernel's resource manager (/dev/tpmrm0) refuses command codes
- * the TPM did not list in TPM_CAP_COMMANDS, and the raw device passes any.
+ * and sends it with tpm2_send through the kernel's resource manager (/dev/tpmrm0, the guest's default TCTI),
+ * which passes only codes the TPM lists in TPM_CAP_COMMANDS: the monitor's proxy lists vmseal's two
+ * (monitor/vtpm/vendor-capability.ts). Unlike /dev/tpm0 it is not exclusive. Linux before 6.3 compares only
+ * the low 16 bits of a listed command (tpm2_find_cc), so its resource manager refuses every vendor code
+ * itself (0x000b0143, the command never reached the TPM); only then does the tool use /dev/tpm0, which
+ * admits one opener at a time. The demo guest's 6.1 kernel is such a kernel.
  */
 export const GUEST_GRANT_TOOL = 'usr/bin/vmseal-tpm-grant';
 
@@ -148,8 +152,14 @@ cmd=8002$(printf %08x $((61 + pwlen)))$cc$index$(printf %08x $((9 + pwlen)))4000
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 printf "$(echo "$cmd" | sed 's/../\\\\x&/g')" >"$tmp/cmd"
-tpm2_send -T device:/dev/tpm0 -o "$tmp/rsp" <"$tmp/cmd" || exit 1
-rc=$(dd if="$tmp/rsp" bs=1 skip=6 count=4 2>/dev/null | hexof)
+send() {
+	tpm2_send -T "$1" -o "$tmp/rsp" <"$tmp/cmd" || exit 1
+	rc=$(dd if="$tmp/rsp" bs=1 skip=6 count=4 2>/dev/null | hexof)
+}
+# the resource manager, unless the caller chose another TCTI (a login shell's /etc/profile sets the same)
+send "\${TPM2TOOLS_TCTI:-${GUEST_TPM_TCTI}}"
+# Linux < 6.3 refuses any vendor code in its resource manager (the TPM never saw it): the raw device
+[ "$rc" = 000b0143 ] && send device:/dev/tpm0
 if [ "$rc" = 00000000 ]; then
 	echo "vmseal-tpm-grant: $1 0x$index $vmid done"
 	exit 0

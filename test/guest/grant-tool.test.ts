@@ -21,25 +21,43 @@ before(async () => {
   const bin = join(dir, 'bin');
   mkdirSync(bin);
   for (const applet of ['od', 'tr', 'sed', 'dd', 'mktemp', 'rm']) symlinkSync(busybox, join(bin, applet));
-  // tpm2_send -T device:/dev/tpm0 -o FILE < command
-  writeFileSync(join(bin, 'tpm2_send'), `#!${busybox} sh\necho "$*" > "$FAKE/args"\ncat > "$FAKE/sent"\ncat "$FAKE/rsp" > "$4"\n`, { mode: 0o755 });
+  // tpm2_send -T TCTI -o FILE < command; answers with rsp-DEVICE if there is one, else rsp
+  writeFileSync(
+    join(bin, 'tpm2_send'),
+    `#!${busybox} sh\necho "$*" >> "$FAKE/args"\ncat > "$FAKE/sent"\nif [ -f "$FAKE/rsp-\${2##*/}" ]; then cat "$FAKE/rsp-\${2##*/}"; else cat "$FAKE/rsp"; fi > "$4"\n`,
+    { mode: 0o755 },
+  );
   writeFileSync(join(dir, 'tool'), GUEST_GRANT_TOOL_SCRIPT);
 });
 
-function run(args: string[], response: Buffer) {
-  rmSync(join(dir, 'sent'), { force: true });
+function run(args: string[], response: Buffer, env: Record<string, string> = {}, perDevice: Record<string, Buffer> = {}) {
+  for (const f of ['sent', 'args', 'rsp-tpmrm0', 'rsp-tpm0']) rmSync(join(dir, f), { force: true });
   writeFileSync(join(dir, 'rsp'), response);
-  const r = spawnSync(busybox, ['sh', join(dir, 'tool'), ...args], { env: { PATH: join(dir, 'bin'), FAKE: dir }, encoding: 'utf8', timeout: 30_000 });
+  for (const [dev, rsp] of Object.entries(perDevice)) writeFileSync(join(dir, `rsp-${dev}`), rsp);
+  const r = spawnSync(busybox, ['sh', join(dir, 'tool'), ...args], { env: { PATH: join(dir, 'bin'), FAKE: dir, ...env }, encoding: 'utf8', timeout: 30_000 });
   const sentPath = join(dir, 'sent');
   return { status: r.status, out: r.stdout + r.stderr, sent: existsSync(sentPath) ? readFileSync(sentPath) : undefined };
 }
 
-test('share and revoke send exactly the vendor command, over /dev/tpm0', () => {
+test('share and revoke send exactly the vendor command, through the resource manager, /dev/tpm0 only if it refuses the code', () => {
   const ok = guestGrantResponse(0);
   let r = run(['share', '0x01800010', VM, 'pw!'], ok);
   assert.equal(r.status, 0, r.out);
   assert.equal(r.sent?.toString('hex'), guestGrantCommand('share', 0x01800010, VM, Buffer.from('pw!')).toString('hex'));
-  assert.equal(readFileSync(join(dir, 'args'), 'utf8').trim().split(' ').slice(0, 3).join(' '), '-T device:/dev/tpm0 -o');
+  const tctis = () => readFileSync(join(dir, 'args'), 'utf8').trim().split('\n').map((l) => l.split(' ').slice(0, 3).join(' '));
+  assert.deepEqual(tctis(), ['-T device:/dev/tpmrm0 -o']);
+  r = run(['share', '0x01800010', VM, 'pw!'], ok, { TPM2TOOLS_TCTI: 'swtpm:port=2321' });
+  assert.equal(r.status, 0, r.out);
+  assert.deepEqual(tctis(), ['-T swtpm:port=2321 -o']);
+  // Linux < 6.3: the resource manager answers any vendor code itself (tpm2-space.c); then, and only then, /dev/tpm0.
+  const rmRefusal = Buffer.from('80010000000a000b0143', 'hex');
+  r = run(['share', '0x01800010', VM, 'pw!'], ok, {}, { tpmrm0: rmRefusal });
+  assert.equal(r.status, 0, r.out);
+  assert.deepEqual(tctis(), ['-T device:/dev/tpmrm0 -o', '-T device:/dev/tpm0 -o']);
+  assert.deepEqual(r.sent, guestGrantCommand('share', 0x01800010, VM, Buffer.from('pw!')));
+  r = run(['share', '0x01800010', VM, 'pw!'], errorResponse(0x143), {}, { tpmrm0: errorResponse(0x9a2) });
+  assert.equal(r.status, 1);
+  assert.deepEqual(tctis(), ['-T device:/dev/tpmrm0 -o'], 'a TPM answer through tpmrm0 is final');
   r = run(['revoke', '25165840', VM], ok);
   assert.equal(r.status, 0, r.out);
   assert.deepEqual(r.sent, guestGrantCommand('revoke', 0x01800010, VM));
@@ -59,6 +77,10 @@ test('a TPM error exits 1 with its code; bad arguments exit 2 and send nothing',
   r = run(['share', '0x01800010', VM], errorResponse(0x1c4));
   assert.equal(r.status, 1);
   assert.match(r.out, /0x000001c4/);
+  // Refused by the resource manager and no vmseal monitor behind the raw device either.
+  r = run(['share', '0x01800010', VM], errorResponse(0x143), {}, { tpmrm0: Buffer.from('80010000000a000b0143', 'hex') });
+  assert.equal(r.status, 1);
+  assert.match(r.out, /TPM_RC 0x00000143: no vmseal monitor behind this TPM/);
   for (const args of [
     ['share', '0x01800010'],
     ['grant', '0x01800010', VM],

@@ -16,7 +16,8 @@
  * the VM that asked) and dropped again if swtpm refuses. NV_UndefineSpace(Special) likewise drops the row
  * after swtpm succeeded and before the guest hears so. Indices outside the range are the VM's private
  * business: they live in its own swtpm, which no other VM reaches. vmseal's vendor commands (the owner guest
- * sharing or revoking one of its indices itself) are answered by nv-guest-grant.ts.
+ * sharing or revoking one of its indices itself) are answered by nv-guest-grant.ts, and listed as the TPM's
+ * own in GetCapability answers (vendor-capability.ts) so the guest's /dev/tpmrm0 passes them.
  */
 import { TPM_CC, TPM_RC, TPM_RH, TPMA_SESSION, Tpm2FormatError, errorResponse, isGuestGrantCommand, nvAccess, nvHandlesOf, nvReadPublicCommand, parseNvReadPublicResponse, parseResponse, rcForHandle, stripTrailingZeros, type NvAccess, type ParsedCommand } from '../../formats/tpm2/index.ts';
 import { GuestSessions } from './guest-sessions.ts';
@@ -24,6 +25,7 @@ import { guestGrant } from './nv-guest-grant.ts';
 import { DEFAULT_NV_QUOTA, NvOwnership, type NvQuota } from './nv-ownership.ts';
 import { sharedReadWithHmacSession } from './nv-shared-read.ts';
 import type { OwnerClaim } from './nv-token.ts';
+import { advertiseVendorCommands } from './vendor-capability.ts';
 import type { CommandPolicy, PolicyDecision } from './tpm-proxy.ts';
 import type { TpmEndpoint } from './tpm-channel.ts';
 
@@ -94,15 +96,22 @@ export class NvAccessControl {
    */
   policyFor(instance: string): CommandPolicy {
     return async (cmd, raw) => {
-      const tpm = this.#endpoints.get(instance);
-      if (!tpm) return unattached(cmd);
-      let sessions = this.#sessions.get(instance);
-      if (!sessions) this.#sessions.set(instance, (sessions = new GuestSessions()));
-      const decision = await this.decide({ instance, tpm, sessions }, cmd, raw);
-      if (decision.action !== 'forward' || !sessions.wants(cmd)) return decision;
-      const seen = sessions;
-      return { action: 'forward', observe: (rsp) => seen.observe(cmd, rsp) };
+      const decision = await this.#decideFor(instance, cmd, raw);
+      // The vendor commands this policy answers are listed as the TPM's own, so the guest's /dev/tpmrm0 passes them.
+      if (cmd.commandCode !== TPM_CC.GetCapability || decision.action !== 'forward') return decision;
+      return { ...decision, rewrite: (rsp) => advertiseVendorCommands(cmd, rsp) };
     };
+  }
+
+  async #decideFor(instance: string, cmd: ParsedCommand, raw: Buffer): Promise<PolicyDecision> {
+    const tpm = this.#endpoints.get(instance);
+    if (!tpm) return unattached(cmd);
+    let sessions = this.#sessions.get(instance);
+    if (!sessions) this.#sessions.set(instance, (sessions = new GuestSessions()));
+    const decision = await this.decide({ instance, tpm, sessions }, cmd, raw);
+    if (decision.action !== 'forward' || !sessions.wants(cmd)) return decision;
+    const seen = sessions;
+    return { action: 'forward', observe: (rsp) => seen.observe(cmd, rsp) };
   }
 
   /**

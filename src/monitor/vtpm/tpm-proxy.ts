@@ -25,8 +25,11 @@ import type { TpmEndpoint } from './tpm-channel.ts';
 /** swtpm's (and libtpms's) TPM_PT_MAX_COMMAND_SIZE. */
 export const PROXY_MAX_COMMAND_SIZE = 4096;
 
-/** `observe` sees the VM's own swtpm's response to a forwarded command before the guest does. */
-export type PolicyDecision = { action: 'forward'; observe?: (response: Buffer) => void } | { action: 'respond'; response: Buffer } | { action: 'forward-to'; instance: TpmEndpoint };
+/**
+ * `observe` sees the VM's own swtpm's response to a forwarded command before the guest does; `rewrite` then
+ * turns it into what the guest gets (vendor-capability.ts advertises vmseal's vendor commands so).
+ */
+export type PolicyDecision = { action: 'forward'; observe?: (response: Buffer) => void; rewrite?: (response: Buffer) => Buffer } | { action: 'respond'; response: Buffer } | { action: 'forward-to'; instance: TpmEndpoint };
 
 /** Decides what happens to one well-formed guest command. Throwing answers TPM_RC_FAILURE. */
 export type CommandPolicy = (cmd: ParsedCommand, raw: Buffer) => PolicyDecision | Promise<PolicyDecision>;
@@ -276,7 +279,7 @@ export class TpmProxy {
           this.stats.measuredBoots++;
         }
       }
-      return rsp;
+      return decision.rewrite ? decision.rewrite(rsp) : rsp;
     } catch (err) {
       this.#log(`tpm proxy: ${cmd.name}: ${(err as Error).message}`);
       return errorResponse(TPM_RC.FAILURE);
