@@ -111,8 +111,9 @@ test('IDS checks on the real guest', { timeout: 900_000 }, async (t) => {
       });
     assert.ok(ps.length > 20, `ps shows ${ps.length} processes`);
     const ours = new Map(rows.map((r) => [r.pid, r]));
-    // The guest's crontab runs `date` every minute (sh -c date under crond), so those come and go too.
-    const transient = /^(ps|cat|sh|date)$/;
+    // Short-lived on either side: our ps and cat, the sensor daemon's `sleep 5` loop, and the crontab's
+    // minutely `date` (crond forks, sh -c date).
+    const transient = /^(ps|cat|sh|sleep|date|crond)$/;
     for (const p of ps) {
       const r = ours.get(p.pid);
       if (!r) {
@@ -125,7 +126,7 @@ test('IDS checks on the real guest', { timeout: 900_000 }, async (t) => {
       assert.ok(p.comm === r.comm || (p.comm.startsWith(r.comm) && /^[-+]/.test(p.comm.slice(r.comm.length))), `comm of ${p.pid}: ps ${p.comm}, pslist ${r.comm}`);
     }
     const psPids = new Set(ps.map((p) => p.pid));
-    for (const r of rows) if (!psPids.has(r.pid)) assert.match(r.comm, /^(kworker|sh|cat|date)/, `pid ${r.pid} ${r.comm} only in pslist`);
+    for (const r of rows) if (!psPids.has(r.pid)) assert.match(r.comm, /^(kworker|ps|cat|sh|sleep|date|crond)/, `pid ${r.pid} ${r.comm} only in pslist`);
     const init = ours.get(1);
     assert.equal(init?.ppid, 0);
     assert.equal(init?.state, 'S');
