@@ -39,6 +39,21 @@ export interface ReadFollow {
 /** The byte in front of each follow's bytes in a 'gather' record. */
 export const FOLLOW_STATUS = { null: 0, ok: 1, unreadable: 2 } as const;
 
+/**
+ * Sorts [from, to) spans and merges those less than `gap` bytes apart (0: only touching or overlapping
+ * ones). The IDS plans its reads with it and the monitor its preads, from the same ranges.
+ */
+export function mergeSpans(spans: Iterable<readonly [number, number]>, gap: number): Array<[number, number]> {
+  const sorted = [...spans].sort((a, b) => a[0] - b[0]);
+  const merged: Array<[number, number]> = [];
+  for (const [from, to] of sorted) {
+    const last = merged[merged.length - 1];
+    if (last && from <= last[1] + gap) last[1] = Math.max(last[1], to);
+    else merged.push([from, to]);
+  }
+  return merged;
+}
+
 /** Bytes of one 'gather' record. */
 export function gatherRecordBytes(op: { ranges: readonly ReadRange[]; follow: readonly ReadFollow[] }): number {
   let n = 0;

@@ -4,7 +4,7 @@
  * channel). Round trips are what cost: a struct is one op, a list ring is one op, N derefs are one
  * request.
  */
-import { FOLLOW_STATUS, READ_LIMITS, gatherRecordBytes, type MemorySource, type ReadOp, type ReadRange } from '../../formats/protocol/ids-read.ts';
+import { FOLLOW_STATUS, READ_LIMITS, gatherRecordBytes, mergeSpans, type MemorySource, type ReadOp, type ReadRange } from '../../formats/protocol/ids-read.ts';
 import { dataOf, readBatched, type BatchStats } from './batched-reads.ts';
 import { cString, KPtr, makeKObj, type Dereferencer, type KObj } from './kobject.ts';
 import type { ListHead } from './linux-types.ts';
@@ -53,18 +53,6 @@ export interface Gathered<T extends object> {
   entry: KObj<T>;
   /** By pointer member: its target's snapshot, or null when NULL or unreadable. */
   follow: Record<string, KObj<object> | null>;
-}
-
-/** Sorts spans and merges those less than `gap` bytes apart. */
-function mergeSpans(spans: ReadonlyArray<readonly [number, number]>, gap: number): Array<readonly [number, number]> {
-  const sorted = [...spans].sort((a, b) => a[0] - b[0]);
-  const merged: Array<[number, number]> = [];
-  for (const [from, to] of sorted) {
-    const last = merged[merged.length - 1];
-    if (last && from <= last[1] + gap) last[1] = Math.max(last[1], to);
-    else merged.push([from, to]);
-  }
-  return merged;
 }
 
 export class KernelView implements Dereferencer {
@@ -253,10 +241,7 @@ export class KernelView implements Dereferencer {
 
   /** The byte ranges of `fields`, merged only where they touch or overlap. */
   private exactSpans(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
-    return mergeSpans(fields.map((f) => {
-      const x = this.model.offsetOf(typeName, f);
-      return [x.offset, x.offset + x.type.size] as const;
-    }), 0);
+    return mergeSpans(this.fieldSpans(typeName, fields), 0);
   }
 
   /**
@@ -265,10 +250,14 @@ export class KernelView implements Dereferencer {
    * past 2 KiB) is read as those clusters alone.
    */
   fieldWindows(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
-    return mergeSpans(fields.map((f) => {
+    return mergeSpans(this.fieldSpans(typeName, fields), WINDOW_GAP);
+  }
+
+  private fieldSpans(typeName: string, fields: readonly string[]): Array<readonly [number, number]> {
+    return fields.map((f) => {
       const x = this.model.offsetOf(typeName, f);
       return [x.offset, x.offset + x.type.size] as const;
-    }), WINDOW_GAP);
+    });
   }
 
   /** `for await (const t of k.listEntries(init.tasks, 'task_struct', 'tasks'))`. */

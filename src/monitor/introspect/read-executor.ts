@@ -3,7 +3,7 @@
  * limits is refused whole before anything is read; an op over the per-op limits, or one that hits
  * memory that is not there, fails alone. The same executor answers the direct path and the channels.
  */
-import { FOLLOW_STATUS, READ_LIMITS, gatherRecordBytes, type MemorySource, type ReadOp, type ReadRange, type ReadResult } from '../../formats/protocol/ids-read.ts';
+import { FOLLOW_STATUS, READ_LIMITS, gatherRecordBytes, mergeSpans, type MemorySource, type ReadOp, type ReadRange, type ReadResult } from '../../formats/protocol/ids-read.ts';
 import { PhysRangeError } from './guest-memory.ts';
 import type { GuestReader } from './guest-reader.ts';
 import { UnmappedError } from './page-walk.ts';
@@ -162,15 +162,7 @@ const WINDOW_GAP = 256;
 
 /** Where `ranges` sit in an object, as the few [from, to) windows that cover them (sorted, merged). */
 function windowsOf(ranges: readonly ReadRange[]): Array<[number, number]> {
-  const sorted = ranges.filter((r) => r.len > 0).map((r): [number, number] => [r.off, r.off + r.len]);
-  sorted.sort((a, b) => a[0] - b[0]);
-  const merged: Array<[number, number]> = [];
-  for (const [from, to] of sorted) {
-    const last = merged[merged.length - 1];
-    if (last && from <= last[1] + WINDOW_GAP) last[1] = Math.max(last[1], to);
-    else merged.push([from, to]);
-  }
-  return merged;
+  return mergeSpans(ranges.filter((r) => r.len > 0).map((r): [number, number] => [r.off, r.off + r.len]), WINDOW_GAP);
 }
 
 /** Reads the windows of an object at `addr` into `scratch` at their own offsets. */
