@@ -40,3 +40,38 @@ export class BufferPool {
     this.#pooledBytes = 0;
   }
 }
+
+/**
+ * A few reusable buffers for requests of varying size (encryption output): take() hands out the last kept
+ * buffer that is large enough, cut to the length asked, else a new one of at least `minAlloc` bytes. A
+ * buffer goes back whole with give(), which accepts only what take() handed out (a view from offset 0 of
+ * its own ArrayBuffer).
+ */
+export class SpareBuffers {
+  readonly #spare: Buffer[] = [];
+
+  constructor(
+    /** Buffers kept at most. */
+    readonly maxBuffers: number,
+    /** Larger buffers are not kept. */
+    readonly maxBufferSize: number,
+    /** Smallest buffer allocated, so one spare serves the common request sizes. */
+    readonly minAlloc: number,
+  ) {}
+
+  take(length: number): Buffer {
+    for (let i = this.#spare.length - 1; i >= 0; i--) {
+      const b = this.#spare[i]!;
+      if (b.length >= length) {
+        this.#spare.splice(i, 1);
+        return b.subarray(0, length);
+      }
+    }
+    return Buffer.allocUnsafeSlow(length <= this.maxBufferSize ? Math.max(length, this.minAlloc) : length).subarray(0, length);
+  }
+
+  give(b: Buffer): void {
+    const whole = Buffer.from(b.buffer, 0, b.buffer.byteLength);
+    if (whole.length <= this.maxBufferSize && this.#spare.length < this.maxBuffers) this.#spare.push(whole);
+  }
+}

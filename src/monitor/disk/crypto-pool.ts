@@ -12,6 +12,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { SpareBuffers } from './buffer-pool.ts';
 import { readFully } from './fd-io.ts';
 import { SLAB_BYTES, SLAB_EXPECTED_AT, SLAB_LEAVES_AT, SLAB_SECTORS, type WorkerReply, type WorkerRequest } from './crypto-protocol.ts';
 import { SectorCrypto, type SectorKeys } from './sector-crypto.ts';
@@ -219,7 +220,7 @@ function keyMessage(key: number, k: SectorKeys): WorkerRequest {
 export class CryptoContext {
   #closed = false;
   /** Reusable output buffers of inline seals (ciphertext, then leaves). */
-  readonly #spare: Buffer[] = [];
+  readonly #spare = new SpareBuffers(SPARE_BUFFERS, SPARE_MAX_BYTES, SPARE_MIN_BYTES);
 
   constructor(
     private readonly pool: CryptoPool,
@@ -267,30 +268,15 @@ export class CryptoContext {
    */
   async #sealInline(firstSector: number, plain: Buffer, sink: SealSink): Promise<void> {
     const sectors = plain.length / SECTOR;
-    const out = this.#take(sectors * (SECTOR + LEAF));
+    const out = this.#spare.take(sectors * (SECTOR + LEAF));
     try {
       const ciphertext = out.subarray(0, plain.length);
       const leaves = out.subarray(plain.length, plain.length + sectors * LEAF);
       await this.inline.sealAsync(firstSector, plain, ciphertext, leaves);
       sink(firstSector, ciphertext, leaves);
     } finally {
-      this.#give(out);
+      this.#spare.give(out);
     }
-  }
-
-  #take(length: number): Buffer {
-    for (let i = this.#spare.length - 1; i >= 0; i--) {
-      const b = this.#spare[i]!;
-      if (b.length >= length) {
-        this.#spare.splice(i, 1);
-        return b;
-      }
-    }
-    return Buffer.allocUnsafeSlow(length <= SPARE_MAX_BYTES ? Math.max(length, SPARE_MIN_BYTES) : length);
-  }
-
-  #give(b: Buffer): void {
-    if (b.length <= SPARE_MAX_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(b);
   }
 
   /**

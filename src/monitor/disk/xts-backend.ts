@@ -18,6 +18,7 @@ import { deriveVmKey, VOLUME_KEY_BYTES } from '../../crypto/keys.ts';
 import { integrityImageId } from '../../crypto/integrity-tree.ts';
 import { sectorJobs } from '../../crypto/native.ts';
 import { ioError, type BlockBackend, type BlockSizes } from './backend.ts';
+import { SpareBuffers } from './buffer-pool.ts';
 import { SealedDiskError, type AlertSink, type SealedDiskAlert } from './sealed-alerts.ts';
 import type { EncryptionSectorSize } from './sector-crypto.ts';
 
@@ -86,7 +87,7 @@ export class XtsBackend implements BlockBackend {
   readonly #key: Buffer;
   readonly #ess: EncryptionSectorSize;
   readonly #onAlert: AlertSink;
-  readonly #spare: Buffer[] = [];
+  readonly #spare = new SpareBuffers(SPARE_BUFFERS, SPARE_MAX_BYTES, 64 * 1024);
   #bootChecked = false;
   /** Cleared if the file system cannot say whether a read would wait (RWF_NOWAIT unsupported). */
   #tryCached = true;
@@ -165,7 +166,7 @@ export class XtsBackend implements BlockBackend {
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     if (data.length <= INLINE_WRITE_MAX && !this.#closing && !this.#failed && performance.now() >= this.#poolWritesUntil) {
-      const out = this.#take(data.length);
+      const out = this.#spare.take(data.length);
       try {
         const start = performance.now();
         sectorJobs.xtsWriteNow(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, data, out);
@@ -174,7 +175,7 @@ export class XtsBackend implements BlockBackend {
       } catch (err) {
         return Promise.reject(err instanceof Error ? err : new Error(String(err)));
       } finally {
-        this.#give(out);
+        this.#spare.give(out);
       }
       return fua ? this.#run(() => fdatasyncAsync(this.#fd)) : Promise.resolve();
     }
@@ -216,28 +217,12 @@ export class XtsBackend implements BlockBackend {
 
   async #write(offset: number, plain: Buffer): Promise<void> {
     // The caller's payload stays untouched (it may be shared, e.g. the zero chunk): encrypt into our own buffer.
-    const out = this.#take(plain.length);
+    const out = this.#spare.take(plain.length);
     try {
       await sectorJobs.xtsWrite(this.#key, this.#ess, this.#fd, this.#payloadOffset + offset, offset / SECTOR, plain, out);
     } finally {
-      this.#give(out);
+      this.#spare.give(out);
     }
-  }
-
-  #take(length: number): Buffer {
-    for (let i = this.#spare.length - 1; i >= 0; i--) {
-      const b = this.#spare[i]!;
-      if (b.length >= length) {
-        this.#spare.splice(i, 1);
-        return b.subarray(0, length);
-      }
-    }
-    return Buffer.allocUnsafeSlow(length <= SPARE_MAX_BYTES ? Math.max(length, 64 * 1024) : length).subarray(0, length);
-  }
-
-  #give(b: Buffer): void {
-    const whole = Buffer.from(b.buffer, b.byteOffset, b.buffer.byteLength - b.byteOffset);
-    if (whole.length <= SPARE_MAX_BYTES && this.#spare.length < SPARE_BUFFERS) this.#spare.push(whole);
   }
 
   async #run<T>(op: () => Promise<T>): Promise<T> {
