@@ -26,6 +26,7 @@ import { PlainLaunch } from '../../src/monitor/launch/disk-launch.ts';
 import { WritableGuestMemoryForTests } from '../../src/monitor/introspect/guest-memory.ts';
 import { openGuestIntrospection } from '../../src/monitor/introspect/guest-introspection.ts';
 import { DirectMemorySource } from '../../src/monitor/introspect/read-executor.ts';
+import { assertAgreesWithPs } from './ps-compare.ts';
 
 const PAGE = 4096n;
 
@@ -94,39 +95,13 @@ test('IDS checks on the real guest', { timeout: 900_000 }, async (t) => {
 
   await t.test('pslist agrees with ps inside the guest', async () => {
     const passwd = await sh('cat /etc/passwd');
-    const uidOf = new Map(passwd.split('\n').filter(Boolean).map((l) => [l.split(':')[0] as string, Number(l.split(':')[2])]));
     const psOut = await sh('ps -o pid,ppid,user,comm | cat');
     await intro.refresh();
     const before = { ...k.stats };
     const rows = (await pslistCheck().scan(k)).data as PsRow[];
     const requests = k.stats.requests - before.requests;
     assert.ok(requests <= 4, `pslist took ${requests} requests`);
-    const ps = psOut
-      .trim()
-      .split('\n')
-      .slice(1)
-      .map((l) => {
-        const [pid, ppid, user, ...comm] = l.trim().split(/\s+/);
-        return { pid: Number(pid), ppid: Number(ppid), uid: uidOf.get(user as string) ?? Number(user), comm: comm.join(' ') };
-      });
-    assert.ok(ps.length > 20, `ps shows ${ps.length} processes`);
-    const ours = new Map(rows.map((r) => [r.pid, r]));
-    // Short-lived on either side: our ps and cat, the sensor daemon's `sleep 5` loop, and the crontab's
-    // minutely `date` (crond forks, sh -c date).
-    const transient = /^(ps|cat|sh|sleep|date|crond)$/;
-    for (const p of ps) {
-      const r = ours.get(p.pid);
-      if (!r) {
-        assert.match(p.comm, transient, `pid ${p.pid} ${p.comm} from ps is missing in pslist`);
-        continue;
-      }
-      assert.equal(r.ppid, p.ppid, `ppid of ${p.pid} ${p.comm}`);
-      assert.equal(r.uid, p.uid, `uid of ${p.pid} ${p.comm}`);
-      // /proc shows a workqueue worker as "kworker/0:1-events" (idle) or "kworker/0:1+events" (busy); the task's comm stops before.
-      assert.ok(p.comm === r.comm || (p.comm.startsWith(r.comm) && /^[-+]/.test(p.comm.slice(r.comm.length))), `comm of ${p.pid}: ps ${p.comm}, pslist ${r.comm}`);
-    }
-    const psPids = new Set(ps.map((p) => p.pid));
-    for (const r of rows) if (!psPids.has(r.pid)) assert.match(r.comm, /^(kworker|ps|cat|sh|sleep|date|crond)/, `pid ${r.pid} ${r.comm} only in pslist`);
+    const ours = assertAgreesWithPs(passwd, psOut, rows);
     const init = ours.get(1);
     assert.equal(init?.ppid, 0);
     assert.equal(init?.state, 'S');

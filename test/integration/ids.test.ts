@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DEMO_CHECKS, DEMO_GUEST_ALLOWLIST, lastHeartbeatAlertId, startIdsWorld, waitForHeartbeatAlert } from '../../src/cli/demo/ids.ts';
 import type { PsRow } from '../../src/ids/checks/pslist.ts';
+import { assertAgreesWithPs } from '../ids/ps-compare.ts';
 import { measureEnclave } from '../../src/ids/enclave/loader.ts';
 import { startIdsSession } from '../../src/ids/host/sgmonitor.ts';
 import { fetchEnclaveConfig } from '../../src/ids/host/enclave-config.ts';
@@ -33,32 +34,9 @@ test('the IDS on a real guest: pslist, an attack, a missed heartbeat, an unappro
 
   await t.test('the process list through the sealed channel agrees with ps in the guest', async () => {
     const passwd = await sh('cat /etc/passwd');
-    const uidOf = new Map(passwd.split('\n').filter(Boolean).map((l) => [l.split(':')[0] as string, Number(l.split(':')[2])]));
     const psOut = await sh('ps -o pid,ppid,user,comm | cat');
     const rows = (await session.enclave.pslist()) as PsRow[];
-    const ps = psOut
-      .trim()
-      .split('\n')
-      .slice(1)
-      .map((l) => {
-        const [pid, ppid, user, ...comm] = l.trim().split(/\s+/);
-        return { pid: Number(pid), ppid: Number(ppid), uid: uidOf.get(user as string) ?? Number(user), comm: comm.join(' ') };
-      });
-    assert.ok(ps.length > 20, `ps shows ${ps.length} processes`);
-    const ours = new Map(rows.map((r) => [r.pid, r]));
-    for (const p of ps) {
-      const r = ours.get(p.pid);
-      if (!r) {
-        // Short-lived: our ps and cat, the sensor daemon's `sleep 5` loop, the crontab's minutely `date`.
-        assert.match(p.comm, /^(ps|cat|sh|sleep|date|crond)$/, `pid ${p.pid} ${p.comm} from ps is missing in pslist`);
-        continue;
-      }
-      assert.equal(r.ppid, p.ppid, `ppid of ${p.pid} ${p.comm}`);
-      assert.equal(r.uid, p.uid, `uid of ${p.pid} ${p.comm}`);
-      assert.ok(p.comm === r.comm || (p.comm.startsWith(r.comm) && /^[-+]/.test(p.comm.slice(r.comm.length))), `comm of ${p.pid}: ps ${p.comm}, pslist ${r.comm}`);
-    }
-    const psPids = new Set(ps.map((p) => p.pid));
-    for (const r of rows) if (!psPids.has(r.pid)) assert.match(r.comm, /^(kworker|ps|cat|sh|sleep|date|crond)/, `pid ${r.pid} ${r.comm} only in pslist`);
+    assertAgreesWithPs(passwd, psOut, rows);
     for (const name of ['init', 'syslogd', 'httpd', 'vmseal-sensord']) assert.ok(rows.some((r) => r.comm === name && !r.kthread), `${name} is listed`);
   });
 
