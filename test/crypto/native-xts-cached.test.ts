@@ -7,15 +7,14 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { constants, tmpdir } from 'node:os';
+import { closeSync, fsyncSync, openSync, writeFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { sectorJobs } from '../../src/crypto/native.ts';
 import { XtsCipher } from '../../src/crypto/xts.ts';
-import { XtsBackend } from '../../src/monitor/disk/xts-backend.ts';
+import { S, randomXtsDisk, scratchDir } from './xts-fixtures.ts';
 
-const S = 4096;
 
 function dropCache(file: string): void {
   const fd = openSync(file, 'r+');
@@ -28,14 +27,9 @@ function dropCache(file: string): void {
   assert.equal(r.status, 0, `dd: ${r.stderr}`);
 }
 
-function scratchDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'vmseal-xts-cached-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 test('xtsReadCached equals XtsCipher for 4096- and 512-byte sectors, and refuses to wait for the disk', (t) => {
-  const dir = scratchDir(t);
+  const dir = scratchDir(t, 'xts-cached');
   const key = randomBytes(64);
   const js = new XtsCipher(key);
   for (const ess of [4096, 512]) {
@@ -69,7 +63,7 @@ test('xtsReadCached equals XtsCipher for 4096- and 512-byte sectors, and refuses
 });
 
 test('xtsReadCached rejects bad arguments before reading', (t) => {
-  const dir = scratchDir(t);
+  const dir = scratchDir(t, 'xts-cached');
   const file = join(dir, 'img');
   writeFileSync(file, Buffer.alloc(4 * S));
   const fd = openSync(file, 'r');
@@ -87,16 +81,9 @@ test('xtsReadCached rejects bad arguments before reading', (t) => {
 });
 
 test('XtsBackend serves the same bytes whether they are in the page cache or not', async (t) => {
-  const dir = scratchDir(t);
-  const file = join(dir, 'img');
-  const key = randomBytes(64);
-  const payloadOffset = 2 * S;
+  const dir = scratchDir(t, 'xts-cached');
   const sectors = 64;
-  const plain = randomBytes(sectors * S);
-  plain[510] = 0x55; // the boot-sector check on the first read of sector 0
-  plain[511] = 0xaa;
-  writeFileSync(file, Buffer.concat([Buffer.alloc(payloadOffset), new XtsCipher(key).encryptSectors(0n, 4096, plain)]));
-  const be = await XtsBackend.open({ imagePath: file, payloadOffset, sectors, volumeKey: key, onAlert: () => undefined });
+  const { file, plain, be } = await randomXtsDisk(dir, sectors);
   t.after(() => be.close());
   for (const cached of [false, true]) {
     for (const [from, count] of [[0, 1], [5, 1], [7, 16], [0, sectors]] as const) {

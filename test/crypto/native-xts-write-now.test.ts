@@ -6,24 +6,17 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { sectorJobs } from '../../src/crypto/native.ts';
 import { XtsCipher } from '../../src/crypto/xts.ts';
-import { XtsBackend } from '../../src/monitor/disk/xts-backend.ts';
+import { S, randomXtsDisk, scratchDir } from './xts-fixtures.ts';
 
-const S = 4096;
 
-function scratchDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'vmseal-xts-write-now-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 test('xtsWriteNow writes what XtsCipher and the pool job write, for 4096- and 512-byte sectors', async (t) => {
-  const dir = scratchDir(t);
+  const dir = scratchDir(t, 'xts-write-now');
   const key = randomBytes(64);
   const js = new XtsCipher(key);
   for (const ess of [4096, 512]) {
@@ -53,7 +46,7 @@ test('xtsWriteNow writes what XtsCipher and the pool job write, for 4096- and 51
 });
 
 test('xtsWriteNow reports a failed write with its errno, and rejects bad arguments before writing', (t) => {
-  const dir = scratchDir(t);
+  const dir = scratchDir(t, 'xts-write-now');
   const file = join(dir, 'img');
   writeFileSync(file, Buffer.alloc(4 * S));
   const key = randomBytes(64);
@@ -76,16 +69,9 @@ test('xtsWriteNow reports a failed write with its errno, and rejects bad argumen
 });
 
 test('XtsBackend reads back small (event-loop) and large (pool) writes, with and without FUA', async (t) => {
-  const dir = scratchDir(t);
-  const file = join(dir, 'img');
-  const key = randomBytes(64);
-  const payloadOffset = 2 * S;
+  const dir = scratchDir(t, 'xts-write-now');
   const sectors = 128;
-  const plain = randomBytes(sectors * S);
-  plain[510] = 0x55; // the boot-sector check on the first read of sector 0
-  plain[511] = 0xaa;
-  writeFileSync(file, Buffer.concat([Buffer.alloc(payloadOffset), new XtsCipher(key).encryptSectors(0n, 4096, plain)]));
-  const be = await XtsBackend.open({ imagePath: file, payloadOffset, sectors, volumeKey: key, onAlert: () => undefined });
+  const { file, key, payloadOffset, plain, be } = await randomXtsDisk(dir, sectors);
   const writes: [number, number, boolean][] = [[3, 1, false], [9, 8, true], [20, 64, false], [100, 16, true], [1, 1, true]];
   await Promise.all(
     writes.map(([from, count, fua]) => {
